@@ -1,0 +1,145 @@
+#!/usr/bin/env node
+/**
+ * The `userops` command: the daemon, one command per operation, and the demo.
+ *
+ * Results go to stdout as JSON; errors go to stderr as one line, without a stack trace.
+ * Exit codes: 0 success, 1 the operation failed (not found, exists, invalid input),
+ * 2 bad usage or configuration, 3 infrastructure (Redis unreachable, timeout, job failed).
+ */
+import { readFileSync } from 'node:fs';
+
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+
+import { clientConfig, ENV_HELP } from '../config.js';
+import { createLogger } from '../logger.js';
+import { UserOpsClient } from '../producer/client.js';
+import { ErrorCode, UserOpsError } from '../protocol/errors.js';
+import { MAX_LIST_LIMIT } from '../protocol/ops.js';
+import { runDemo } from './demo.js';
+import { runConsumer } from './run-consumer.js';
+
+/** Exit codes; documented in the README. */
+export const EXIT = { OK: 0, FAILED: 1, USAGE: 2, INFRA: 3 } as const;
+
+const DOMAIN_CODES = new Set<string>([ErrorCode.USER_NOT_FOUND, ErrorCode.USER_EXISTS, ErrorCode.INVALID_INPUT]);
+
+function exitCodeFor(err: unknown): number {
+  if (err instanceof UserOpsError) {
+    if (DOMAIN_CODES.has(err.code)) return EXIT.FAILED;
+    if (err.code === ErrorCode.INVALID_CONFIG) return EXIT.USAGE;
+  }
+  return EXIT.INFRA;
+}
+
+function version(): string {
+  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+  return pkg.version;
+}
+
+/** Runs a client command: one client, the result printed as JSON, the client closed. */
+async function withClient(run: (client: UserOpsClient) => Promise<unknown>): Promise<void> {
+  const config = clientConfig();
+  // Logs go to stderr so stdout stays pure JSON for scripts.
+  const client = new UserOpsClient({
+    redisUrl: config.redisUrl,
+    queue: config.queue,
+    timeoutMs: config.timeoutMs,
+    logger: createLogger(config.logLevel, process.stderr),
+  });
+  try {
+    const result = await run(client);
+    if (result !== undefined) process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
+  } finally {
+    await client.close();
+  }
+}
+
+function listLimit(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1 || n > MAX_LIST_LIMIT) {
+    throw new InvalidArgumentError(`expected a whole number from 1 to ${MAX_LIST_LIMIT}, got "${value}"`);
+  }
+  return n;
+}
+
+function buildProgram(): Command {
+  const program = new Command('userops')
+    .description('Single-writer SQLite user operations over a BullMQ queue.')
+    .version(version())
+    .showHelpAfterError('(run with --help for usage)')
+    .addHelpText('after', `\nEnvironment:\n${Object.entries(ENV_HELP).map(([k, v]) => `  ${k.padEnd(31)} ${v}`).join('\n')}\n`)
+    .exitOverride();
+
+  program
+    .command('consumer')
+    .description('run the consumer daemon (the single writer) until SIGTERM or SIGINT')
+    .action(runConsumer);
+
+  program
+    .command('create')
+    .description('create a user')
+    .requiredOption('--nickname <nickname>', 'unique nickname')
+    .requiredOption('--full-name <name>', 'full name')
+    .requiredOption('--email <email>', 'email address')
+    .action((o: { nickname: string; fullName: string; email: string }) =>
+      withClient((c) => c.createUser({ nickname: o.nickname, fullName: o.fullName, email: o.email })),
+    );
+
+  program
+    .command('get')
+    .description('show a user')
+    .argument('<nickname>')
+    .action((nickname: string) => withClient((c) => c.getUser(nickname)));
+
+  program
+    .command('update')
+    .description('change a user (give --full-name, --email or both)')
+    .argument('<nickname>')
+    .option('--full-name <name>', 'new full name')
+    .option('--email <email>', 'new email address')
+    .action((nickname: string, o: { fullName?: string; email?: string }) =>
+      withClient((c) => c.updateUser(nickname, o)),
+    );
+
+  program
+    .command('delete')
+    .description('delete a user and print it as it was')
+    .argument('<nickname>')
+    .action((nickname: string) => withClient((c) => c.deleteUser(nickname)));
+
+  program
+    .command('list')
+    .description('list users in nickname order')
+    .addOption(new Option('--limit <n>', `at most n users (1-${MAX_LIST_LIMIT})`).argParser(listLimit).default(100))
+    .option('--after <nickname>', 'start after this nickname (for the next page)')
+    .action((o: { limit: number; after?: string }) => withClient((c) => c.listUsers(o)));
+
+  program
+    .command('demo')
+    .description('replay the original recipe: create four users, read one, show a not-found error')
+    .action(() =>
+      withClient(async (c) => {
+        await runDemo(c, (line) => process.stdout.write(`${line}\n`));
+        return undefined;
+      }),
+    );
+
+  return program;
+}
+
+async function main(argv: string[]): Promise<void> {
+  try {
+    await buildProgram().parseAsync(argv);
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // Commander has printed its message (or the help/version text) already.
+      process.exitCode = err.exitCode === 0 ? EXIT.OK : EXIT.USAGE;
+      return;
+    }
+    const message = err instanceof UserOpsError ? `${err.code}: ${err.message}` : String(err instanceof Error ? err.message : err);
+    process.stderr.write(`userops: ${message}\n`);
+    process.exitCode = exitCodeFor(err);
+  }
+}
+
+await main(process.argv);

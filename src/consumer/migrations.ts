@@ -1,0 +1,50 @@
+/**
+ * Schema migrations, versioned with `PRAGMA user_version`. Append only: migration N brings the
+ * schema from version N-1 to N. Never edit a migration that has shipped.
+ */
+import type { Database } from 'better-sqlite3';
+
+const MIGRATIONS: readonly string[] = [
+  // 1: users and the job ledger.
+  `
+  CREATE TABLE users (
+    id         INTEGER PRIMARY KEY,
+    nickname   TEXT    NOT NULL UNIQUE,
+    full_name  TEXT    NOT NULL,
+    email      TEXT    NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+  ) STRICT;
+
+  -- One row per applied job: a job delivered again returns these results and applies nothing.
+  CREATE TABLE ledger (
+    job_id     TEXT    PRIMARY KEY,
+    results    TEXT    NOT NULL,
+    applied_at INTEGER NOT NULL
+  ) STRICT;
+  CREATE INDEX ledger_applied_at ON ledger (applied_at);
+  `,
+];
+
+/** The schema version this build writes. */
+export const SCHEMA_VERSION = MIGRATIONS.length;
+
+/**
+ * Brings the database up to {@link SCHEMA_VERSION}, each step in its own transaction. Refuses a
+ * database written by a newer build, which this one would misread.
+ */
+export function migrate(db: Database): { from: number; to: number } {
+  const from = db.pragma('user_version', { simple: true }) as number;
+  if (from > SCHEMA_VERSION) {
+    throw new Error(
+      `Database schema version ${from} is newer than this build supports (${SCHEMA_VERSION}); upgrade userops`,
+    );
+  }
+  for (let version = from; version < SCHEMA_VERSION; version++) {
+    db.transaction(() => {
+      db.exec(MIGRATIONS[version] as string);
+      db.pragma(`user_version = ${version + 1}`);
+    })();
+  }
+  return { from, to: SCHEMA_VERSION };
+}

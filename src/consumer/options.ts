@@ -1,0 +1,82 @@
+/**
+ * The consumer's options: defaults, validation and the normalised form, in one place.
+ */
+import type { Logger } from 'pino';
+import { z } from 'zod';
+
+import { DEFAULT_MAX_OPS_PER_JOB, DEFAULT_QUEUE, parseWith, queueNameSchema } from '../protocol/index.js';
+import { loggerSchema } from '../logger.js';
+import { DEFAULT_REDIS_URL, redisUrlSchema } from '../redis.js';
+
+/** Options of {@link UserOpsConsumer}. */
+export interface ConsumerOptions {
+  /** SQLite database file; its folder is created if missing. */
+  dbPath: string;
+  /**
+   * Redis to consume from.
+   * @defaultValue `redis://127.0.0.1:6379`
+   */
+  redisUrl?: string;
+  /**
+   * Queue name (under BullMQ's default `bull` prefix).
+   * @defaultValue `userops`
+   */
+  queue?: string;
+  /** A pino logger; the consumer logs with `child({ component: 'consumer' })`. Defaults to silent. */
+  logger?: Logger;
+  /**
+   * Most ops a job may carry; a larger job fails as malformed.
+   * @defaultValue 1000
+   */
+  maxOpsPerJob?: number;
+  /**
+   * How long ledger rows (job id -> results) are kept. A job re-delivered within this window is
+   * answered from the ledger and applied nothing twice; keep it far longer than any retry horizon.
+   * @defaultValue 7 days
+   */
+  ledgerRetentionMs?: number;
+  /**
+   * How often old ledger rows are pruned.
+   * @defaultValue 1 hour
+   */
+  ledgerPruneIntervalMs?: number;
+  /**
+   * BullMQ job lock duration. A consumer that dies holding a job releases it when the lock expires,
+   * so this bounds recovery time; jobs take milliseconds, so a short lock is safe.
+   * @defaultValue 10 s
+   */
+  lockDurationMs?: number;
+  /**
+   * How long SQLite waits for a lock held by another connection before the job is retried.
+   * @defaultValue 5000
+   */
+  busyTimeoutMs?: number;
+  /**
+   * How long to wait for Redis at start before giving up with a clear error.
+   * @defaultValue 30 s
+   */
+  startTimeoutMs?: number;
+}
+
+const HOUR = 3_600_000;
+
+const schema = z.strictObject({
+  dbPath: z.string().min(1, 'must be a file path'),
+  redisUrl: redisUrlSchema.default(DEFAULT_REDIS_URL),
+  queue: queueNameSchema.default(DEFAULT_QUEUE),
+  logger: loggerSchema.optional(),
+  maxOpsPerJob: z.number().int().min(1).max(100_000).default(DEFAULT_MAX_OPS_PER_JOB),
+  ledgerRetentionMs: z.number().int().min(60_000, 'must be at least one minute').default(7 * 24 * HOUR),
+  ledgerPruneIntervalMs: z.number().int().min(1000).default(HOUR),
+  lockDurationMs: z.number().int().min(1000).max(600_000).default(10_000),
+  busyTimeoutMs: z.number().int().min(0).max(600_000).default(5000),
+  startTimeoutMs: z.number().int().min(0).default(30_000),
+});
+
+/** Options after defaults and validation. */
+export type ResolvedConsumerOptions = z.output<typeof schema>;
+
+/** Applies defaults and validates; throws a `ConfigError` naming each bad option. */
+export function resolveConsumerOptions(options: ConsumerOptions): ResolvedConsumerOptions {
+  return parseWith(schema, options, 'consumer options', 'config');
+}

@@ -1,0 +1,157 @@
+/**
+ * The SQLite store: the only module that holds SQL. Synchronous by design, like better-sqlite3:
+ * a transaction is a plain function with no `await` inside, so nothing can interleave with it.
+ */
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+
+import Database from 'better-sqlite3';
+
+import { DEFAULT_LIST_LIMIT, type OpArgs, type OpResult, type User, UserExistsError, UserNotFoundError } from '../protocol/index.js';
+import { migrate } from './migrations.js';
+import { sqliteCode } from './sqlite-errors.js';
+
+interface UserRow {
+  id: number;
+  nickname: string;
+  full_name: string;
+  email: string;
+  created_at: number;
+  updated_at: number;
+}
+
+function toUser(row: UserRow): User {
+  return {
+    id: row.id,
+    nickname: row.nickname,
+    fullName: row.full_name,
+    email: row.email,
+    createdAt: new Date(row.created_at).toISOString(),
+    updatedAt: new Date(row.updated_at).toISOString(),
+  };
+}
+
+const USER_COLUMNS = 'id, nickname, full_name, email, created_at, updated_at';
+
+/** Opens (creating if needed) the userops database and applies operations to it. */
+export class Store {
+  /** The underlying connection; exposed for transactions and for tests. */
+  readonly db: Database.Database;
+  private readonly stmt;
+
+  /**
+   * @param path - the database file; its parent folder is created if missing
+   * @param busyTimeoutMs - how long to wait for a lock held by another connection (a backup, an
+   *   operator's sqlite3 shell) before SQLITE_BUSY, which the consumer then retries
+   */
+  constructor(
+    readonly path: string,
+    busyTimeoutMs = 5000,
+  ) {
+    mkdirSync(dirname(path), { recursive: true });
+    this.db = new Database(path);
+    try {
+      // WAL lets readers (backups, an operator's sqlite3 shell) work beside the writer; FULL makes
+      // every commit fsync the WAL, so a resolved promise survives a power cut.
+      this.db.pragma('journal_mode = WAL');
+      this.db.pragma('synchronous = FULL');
+      this.db.pragma('foreign_keys = ON');
+      this.db.pragma(`busy_timeout = ${Math.trunc(busyTimeoutMs)}`);
+      migrate(this.db);
+    } catch (err) {
+      this.db.close();
+      throw err;
+    }
+    // Prepared once and reused: preparing costs more than running for statements this small.
+    this.stmt = {
+      insert: this.db.prepare<[string, string, string, number, number], UserRow>(
+        `INSERT INTO users (nickname, full_name, email, created_at, updated_at) VALUES (?, ?, ?, ?, ?)
+         RETURNING ${USER_COLUMNS}`,
+      ),
+      get: this.db.prepare<[string], UserRow>(`SELECT ${USER_COLUMNS} FROM users WHERE nickname = ?`),
+      update: this.db.prepare<[string | null, string | null, number, string], UserRow>(
+        `UPDATE users SET full_name = coalesce(?, full_name), email = coalesce(?, email), updated_at = ?
+         WHERE nickname = ? RETURNING ${USER_COLUMNS}`,
+      ),
+      delete: this.db.prepare<[string], UserRow>(`DELETE FROM users WHERE nickname = ? RETURNING ${USER_COLUMNS}`),
+      list: this.db.prepare<[string, number], UserRow>(
+        `SELECT ${USER_COLUMNS} FROM users WHERE nickname > ? ORDER BY nickname LIMIT ?`,
+      ),
+      count: this.db.prepare<[], { n: number }>('SELECT count(*) AS n FROM users'),
+      ledgerGet: this.db.prepare<[string], { results: string }>('SELECT results FROM ledger WHERE job_id = ?'),
+      ledgerPut: this.db.prepare<[string, string, number]>(
+        'INSERT INTO ledger (job_id, results, applied_at) VALUES (?, ?, ?)',
+      ),
+      ledgerPrune: this.db.prepare<[number]>('DELETE FROM ledger WHERE applied_at < ?'),
+      ledgerCount: this.db.prepare<[], { n: number }>('SELECT count(*) AS n FROM ledger'),
+    };
+  }
+
+  /** Creates a user; throws {@link UserExistsError} if the nickname is taken. */
+  createUser(args: OpArgs['user.create'], now: number): User {
+    try {
+      const row = this.stmt.insert.get(args.nickname, args.fullName, args.email, now, now);
+      return toUser(row as UserRow);
+    } catch (err) {
+      if (sqliteCode(err) === 'SQLITE_CONSTRAINT_UNIQUE') throw new UserExistsError(args.nickname);
+      throw err;
+    }
+  }
+
+  /** Returns a user; throws {@link UserNotFoundError}. */
+  getUser(args: OpArgs['user.get']): User {
+    const row = this.stmt.get.get(args.nickname);
+    if (!row) throw new UserNotFoundError(args.nickname);
+    return toUser(row);
+  }
+
+  /** Changes the given fields of a user; throws {@link UserNotFoundError}. */
+  updateUser(args: OpArgs['user.update'], now: number): User {
+    const row = this.stmt.update.get(args.fullName ?? null, args.email ?? null, now, args.nickname);
+    if (!row) throw new UserNotFoundError(args.nickname);
+    return toUser(row);
+  }
+
+  /** Deletes a user and returns it as it was; throws {@link UserNotFoundError}. */
+  deleteUser(args: OpArgs['user.delete']): User {
+    const row = this.stmt.delete.get(args.nickname);
+    if (!row) throw new UserNotFoundError(args.nickname);
+    return toUser(row);
+  }
+
+  /** Users in nickname order, starting after `after`: keyset pagination, flat cost per page. */
+  listUsers(args: OpArgs['user.list']): User[] {
+    return this.stmt.list.all(args.after ?? '', args.limit ?? DEFAULT_LIST_LIMIT).map(toUser);
+  }
+
+  /** Number of users. */
+  countUsers(): number {
+    return (this.stmt.count.get() as { n: number }).n;
+  }
+
+  /** The recorded results of a job already applied, or `undefined`. */
+  ledgerGet(jobId: string): OpResult[] | undefined {
+    const row = this.stmt.ledgerGet.get(jobId);
+    return row ? (JSON.parse(row.results) as OpResult[]) : undefined;
+  }
+
+  /** Records that `jobId` was applied with these results. Call inside the job's transaction. */
+  ledgerPut(jobId: string, results: OpResult[], now: number): void {
+    this.stmt.ledgerPut.run(jobId, JSON.stringify(results), now);
+  }
+
+  /** Deletes ledger rows applied before `before` (epoch ms); returns how many. */
+  pruneLedger(before: number): number {
+    return this.stmt.ledgerPrune.run(before).changes;
+  }
+
+  /** Number of ledger rows. */
+  ledgerSize(): number {
+    return (this.stmt.ledgerCount.get() as { n: number }).n;
+  }
+
+  /** Closes the database; safe to call twice. */
+  close(): void {
+    if (this.db.open) this.db.close();
+  }
+}

@@ -1,0 +1,195 @@
+/**
+ * Turns calls into jobs and job outcomes back into settled promises.
+ *
+ * Calls wait in an outbox. A job is sent at once when the client has room in its window of jobs
+ * in flight, so an idle client adds no latency; while earlier jobs are in flight, calls that
+ * arrive meanwhile are coalesced into the next job (up to the op and byte caps). Jobs are added
+ * one after another on one connection, so the queue holds them, and the single consumer applies
+ * them, in the order the calls were made.
+ *
+ * Every job id is generated here and the job is registered in `inFlight` before it is added, so a
+ * completion event can never arrive for a job nobody is waiting on.
+ */
+import { randomUUID } from 'node:crypto';
+
+import type { Logger } from 'pino';
+
+import {
+  ClientClosedError,
+  fromWireError,
+  JobFailedError,
+  type JobPayload,
+  OpTimeoutError,
+  parseResults,
+  PROTOCOL_VERSION,
+  type UserOpsError,
+  type WireOp,
+} from '../protocol/index.js';
+
+/** One call waiting for its result. */
+interface PendingCall {
+  wire: WireOp;
+  bytes: number;
+  resolve: (value: unknown) => void;
+  reject: (err: Error) => void;
+  timer: NodeJS.Timeout;
+  jobId?: string;
+  settled: boolean;
+}
+
+/** Sends one job; rejects with the error to give its calls if it was not enqueued. */
+export type SendJob = (jobId: string, payload: JobPayload) => Promise<void>;
+
+/** Limits of the dispatcher; see `ClientOptions`. */
+export interface DispatchLimits {
+  timeoutMs: number;
+  maxBatchOps: number;
+  maxBatchBytes: number;
+  maxInFlightJobs: number;
+}
+
+/** The outbox, the in-flight job map and the rules that connect them. */
+export class Dispatcher {
+  private readonly outbox: PendingCall[] = [];
+  private readonly inFlight = new Map<string, PendingCall[]>();
+  private sending = false;
+  private closed = false;
+
+  constructor(
+    private readonly limits: DispatchLimits,
+    private readonly send: SendJob,
+    private readonly log: Logger,
+  ) {}
+
+  /** Calls not yet settled, queued or in flight. */
+  get pendingCount(): number {
+    let n = this.outbox.length;
+    for (const calls of this.inFlight.values()) n += calls.filter((c) => !c.settled).length;
+    return n;
+  }
+
+  /** Queues one validated op; the promise settles with its result or a typed error. */
+  submit(wire: WireOp): Promise<unknown> {
+    if (this.closed) return Promise.reject(new ClientClosedError());
+    return new Promise((resolve, reject) => {
+      const call: PendingCall = {
+        wire,
+        bytes: Buffer.byteLength(JSON.stringify(wire)),
+        resolve,
+        reject,
+        settled: false,
+        timer: setTimeout(() => this.timeOut(call), this.limits.timeoutMs),
+      };
+      this.outbox.push(call);
+      this.pump();
+    });
+  }
+
+  private pump(): void {
+    if (this.sending || this.closed || this.inFlight.size >= this.limits.maxInFlightJobs) return;
+    const calls = this.takeBatch();
+    if (calls.length === 0) return;
+    const jobId = randomUUID();
+    for (const call of calls) call.jobId = jobId;
+    this.inFlight.set(jobId, calls);
+    this.sending = true;
+    const payload: JobPayload = { v: PROTOCOL_VERSION, ops: calls.map((c) => c.wire) };
+    this.send(jobId, payload)
+      .catch((err: unknown) => {
+        // Not enqueued: nothing will run, so every call learns why now.
+        this.inFlight.delete(jobId);
+        for (const call of calls) this.settle(call, err as Error);
+      })
+      .finally(() => {
+        this.sending = false;
+        this.pump();
+      });
+  }
+
+  private takeBatch(): PendingCall[] {
+    const batch: PendingCall[] = [];
+    let bytes = 0;
+    while (this.outbox.length > 0 && batch.length < this.limits.maxBatchOps) {
+      const next = this.outbox[0] as PendingCall;
+      if (next.settled) {
+        this.outbox.shift();
+        continue;
+      }
+      if (batch.length > 0 && bytes + next.bytes > this.limits.maxBatchBytes) break;
+      batch.push(next);
+      bytes += next.bytes;
+      this.outbox.shift();
+    }
+    return batch;
+  }
+
+  /** A job completed: hand each call its own result. */
+  completed(jobId: string, returnValue: unknown): void {
+    const calls = this.finish(jobId);
+    if (!calls) return;
+    const results = parseResults(returnValue, calls.length);
+    if (!results) {
+      const err = new JobFailedError(jobId, 'the consumer returned a value that is not a userops result list');
+      for (const call of calls) this.settle(call, err);
+      return;
+    }
+    calls.forEach((call, i) => {
+      const result = results[i];
+      if (result?.ok) this.settle(call, undefined, result.value);
+      else if (result) this.settle(call, fromWireError(result.error));
+    });
+  }
+
+  /** A job failed for good (malformed, or attempts exhausted): every call in it fails. */
+  failed(jobId: string, reason: string): void {
+    const calls = this.finish(jobId);
+    if (!calls) return;
+    const err = new JobFailedError(jobId, reason);
+    for (const call of calls) this.settle(call, err);
+  }
+
+  /** Job ids in flight; for reconciling after missed events. */
+  jobIds(): string[] {
+    return [...this.inFlight.keys()];
+  }
+
+  private finish(jobId: string): PendingCall[] | undefined {
+    const calls = this.inFlight.get(jobId);
+    if (!calls) return undefined;
+    this.inFlight.delete(jobId);
+    queueMicrotask(() => this.pump());
+    return calls;
+  }
+
+  private timeOut(call: PendingCall): void {
+    if (call.settled) return;
+    // Still in the outbox: never sent, so certainly not applied.
+    const applied = call.jobId === undefined ? false : 'unknown';
+    this.settle(call, new OpTimeoutError(this.limits.timeoutMs, call.jobId, applied));
+    if (call.jobId !== undefined) {
+      const calls = this.inFlight.get(call.jobId);
+      // Stop counting a job against the window once nobody waits on it.
+      if (calls?.every((c) => c.settled)) this.finish(call.jobId);
+    }
+  }
+
+  private settle(call: PendingCall, err: UserOpsError | Error | undefined, value?: unknown): void {
+    if (call.settled) return;
+    call.settled = true;
+    clearTimeout(call.timer);
+    if (err) call.reject(err);
+    else call.resolve(value);
+  }
+
+  /** Rejects every unsettled call with `ClientClosedError` and refuses new ones. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    const err = new ClientClosedError();
+    const stranded = [...this.outbox, ...[...this.inFlight.values()].flat()];
+    this.outbox.length = 0;
+    this.inFlight.clear();
+    for (const call of stranded) this.settle(call, err);
+    if (stranded.length > 0) this.log.debug({ calls: stranded.length }, 'client closed with calls pending');
+  }
+}

@@ -1,0 +1,92 @@
+/**
+ * The job envelope: what a job carries (`{ v: 1, ops }`) and what it returns (`{ results }`).
+ * docs/protocol.md is the prose version of this file; change both together.
+ */
+import { z } from 'zod';
+
+import type { WireError } from './errors.js';
+import { parseWith } from './validate.js';
+
+/** Protocol version written by this producer and accepted by this consumer. */
+export const PROTOCOL_VERSION = 1;
+
+/** Default queue name; BullMQ's default key prefix (`bull`) is used with it. */
+export const DEFAULT_QUEUE = 'userops';
+
+/** Name given to every job this producer adds. The consumer does not look at job names. */
+export const JOB_NAME = 'batch';
+
+/** Most ops one job may carry unless the consumer is configured otherwise. */
+export const DEFAULT_MAX_OPS_PER_JOB = 1000;
+
+/** Queue names become Redis key segments: keep them to characters that need no escaping. */
+export const queueNameSchema = z
+  .string()
+  .regex(/^[A-Za-z0-9_-]{1,64}$/, 'must be 1-64 characters of letters, digits, _ or -');
+
+/** An op as it travels: the op name and its arguments. */
+export interface WireOp {
+  op: string;
+  args: unknown;
+}
+
+/** The data of a userops job. */
+export interface JobPayload {
+  v: typeof PROTOCOL_VERSION;
+  ops: WireOp[];
+}
+
+/** The outcome of one op. */
+export type OpResult = { ok: true; value: unknown } | { ok: false; error: WireError };
+
+/** The return value of a userops job: one result per op, in the order of the ops. */
+export interface JobResults {
+  results: OpResult[];
+}
+
+function envelopeSchema(maxOps: number) {
+  return z.strictObject(
+    {
+    v: z.literal(PROTOCOL_VERSION, { error: `must be ${PROTOCOL_VERSION} (the protocol version)` }),
+    ops: z
+      .array(z.unknown(), { error: 'must be an array of { op, args }' })
+      .min(1, 'must hold at least one op')
+      .max(maxOps, `must hold at most ${maxOps} ops`),
+    },
+    { error: 'job data must be an object like { v: 1, ops: [...] }' },
+  );
+}
+
+/**
+ * Validates a job's data as a batch envelope. The ops themselves are checked one by one later, so
+ * that one bad op becomes that op's error instead of failing its neighbours.
+ * Throws {@link ValidationError} saying what is wrong with the envelope.
+ */
+export function parseEnvelope(data: unknown, maxOps = DEFAULT_MAX_OPS_PER_JOB): { ops: unknown[] } {
+  return parseWith(envelopeSchema(maxOps), data, 'job');
+}
+
+const wireErrorSchema = z.object({
+  code: z.string(),
+  message: z.string(),
+  details: z.record(z.string(), z.unknown()).optional(),
+});
+
+const resultsSchema = z.object({
+  results: z.array(
+    z.union([
+      z.object({ ok: z.literal(true), value: z.unknown() }),
+      z.object({ ok: z.literal(false), error: wireErrorSchema }),
+    ]),
+  ),
+});
+
+/**
+ * Validates a job's return value on the producer side. Returns `undefined` when it is not a
+ * well-formed result list of `count` entries (a consumer of another version, or a foreign worker).
+ */
+export function parseResults(value: unknown, count: number): OpResult[] | undefined {
+  const result = resultsSchema.safeParse(value);
+  if (!result.success || result.data.results.length !== count) return undefined;
+  return result.data.results;
+}

@@ -1,0 +1,118 @@
+/**
+ * The operations: their names, their argument schemas and what each returns.
+ *
+ * The producer validates a call's arguments with these schemas before it enqueues anything, and the
+ * consumer validates every op again with the same schemas, because any BullMQ client can add jobs.
+ */
+import { z } from 'zod';
+
+import { ValidationError } from './errors.js';
+import { parseWith } from './validate.js';
+
+/** A user as stored and returned. Timestamps are ISO-8601 strings in UTC. */
+export interface User {
+  id: number;
+  nickname: string;
+  fullName: string;
+  email: string;
+  createdAt: string;
+  updatedAt: string;
+}
+
+/** Nicknames are identifiers people type: short, no spaces, no control characters. */
+export const nicknameSchema = z
+  .string({ error: 'must be a string' })
+  .min(1, 'must not be empty')
+  .max(64, 'must be at most 64 characters')
+  .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]*$/, 'must start with a letter or digit and contain only letters, digits, _ . -');
+
+const fullNameSchema = z
+  .string({ error: 'must be a string' })
+  .trim()
+  .min(1, 'must not be empty')
+  .max(200, 'must be at most 200 characters')
+  // Control characters in a name are always a mistake or an attack on whatever renders it.
+  .refine((s) => !/\p{Cc}/u.test(s), 'must not contain control characters');
+
+const emailSchema = z
+  .string({ error: 'must be a string' })
+  .trim()
+  .max(254, 'must be at most 254 characters')
+  .pipe(z.email({ error: 'must be an email address like name@example.com' }));
+
+/** Most rows one `user.list` returns; bounds the size of a job's return value. */
+export const MAX_LIST_LIMIT = 1000;
+/** Rows `user.list` returns when no limit is given. */
+export const DEFAULT_LIST_LIMIT = 100;
+
+/** Argument schemas, one per op name. Strict: an unknown key is an error, not silently dropped. */
+export const opArgsSchemas = {
+  'user.create': z.strictObject({ nickname: nicknameSchema, fullName: fullNameSchema, email: emailSchema }),
+  'user.get': z.strictObject({ nickname: nicknameSchema }),
+  'user.update': z
+    .strictObject({ nickname: nicknameSchema, fullName: fullNameSchema.optional(), email: emailSchema.optional() })
+    .refine((a) => a.fullName !== undefined || a.email !== undefined, {
+      message: 'give at least one of fullName, email',
+    }),
+  'user.delete': z.strictObject({ nickname: nicknameSchema }),
+  'user.list': z.strictObject({
+    limit: z
+      .number({ error: 'must be a number' })
+      .int('must be a whole number')
+      .min(1, 'must be at least 1')
+      .max(MAX_LIST_LIMIT, `must be at most ${MAX_LIST_LIMIT}`)
+      .optional(),
+    after: nicknameSchema.optional(),
+  }),
+} as const;
+
+/** The name of an operation, e.g. `user.create`. */
+export type OpName = keyof typeof opArgsSchemas;
+
+/** All op names, in the order they are documented. */
+export const OP_NAMES = Object.keys(opArgsSchemas) as OpName[];
+
+/** The parsed (trimmed, defaulted) arguments of each op. */
+export type OpArgs = { [K in OpName]: z.output<(typeof opArgsSchemas)[K]> };
+
+/** What each op resolves with. */
+export interface OpValues {
+  'user.create': User;
+  'user.get': User;
+  'user.update': User;
+  'user.delete': User;
+  'user.list': User[];
+}
+
+/** One validated op, ready to apply. */
+export type Op = { [K in OpName]: { op: K; args: OpArgs[K] } }[OpName];
+
+function isOpName(name: unknown): name is OpName {
+  return typeof name === 'string' && Object.hasOwn(opArgsSchemas, name);
+}
+
+/**
+ * Validates one op element of a batch (`{ op, args }`) as it arrives from the wire.
+ * Throws {@link ValidationError} naming the field and the reason.
+ */
+export function parseOp(raw: unknown): Op {
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
+    throw new ValidationError([{ path: '', message: 'an op must be an object like { op, args }' }]);
+  }
+  const keys = Object.keys(raw);
+  const extra = keys.filter((k) => k !== 'op' && k !== 'args');
+  if (extra.length > 0) {
+    throw new ValidationError([{ path: '', message: `unknown key(s) ${extra.join(', ')} (an op is { op, args })` }]);
+  }
+  const { op, args } = raw as { op?: unknown; args?: unknown };
+  if (!isOpName(op)) {
+    const got = typeof op === 'string' ? `'${op.slice(0, 64)}'` : typeof op;
+    throw new ValidationError([{ path: 'op', message: `unknown op ${got}; expected one of ${OP_NAMES.join(', ')}` }]);
+  }
+  return { op, args: parseArgs(op, args) } as Op;
+}
+
+/** Validates the arguments of op `op`. Throws {@link ValidationError} naming each bad field. */
+export function parseArgs<K extends OpName>(op: K, args: unknown): OpArgs[K] {
+  return parseWith(opArgsSchemas[op], args ?? {}, `${op} arguments`) as OpArgs[K];
+}

@@ -1,0 +1,52 @@
+/**
+ * Schema validation with messages people can act on: every issue names the field, what was
+ * expected, and what was got. Used for op arguments, job envelopes, options and environment.
+ */
+import type { z } from 'zod';
+
+import { ConfigError, formatIssues, ValidationError, type ValidationIssue } from './errors.js';
+
+/** A short, safe description of a value for an error message (long strings are cut). */
+export function describeValue(value: unknown): string {
+  if (value === undefined) return 'nothing';
+  if (value === null) return 'null';
+  if (typeof value === 'string') return JSON.stringify(value.length > 40 ? `${value.slice(0, 40)}…` : value);
+  if (typeof value === 'number' || typeof value === 'boolean') return String(value);
+  if (Array.isArray(value)) return 'an array';
+  return `a ${typeof value}`;
+}
+
+function valueAt(input: unknown, path: readonly PropertyKey[]): unknown {
+  let value = input;
+  for (const key of path) {
+    if (typeof value !== 'object' || value === null || !Object.hasOwn(value, key)) return undefined;
+    value = (value as Record<PropertyKey, unknown>)[key];
+  }
+  return value;
+}
+
+/** Converts zod issues to ours: a dotted path, and a message that says what was got. */
+export function toIssues(error: z.ZodError, input: unknown): ValidationIssue[] {
+  return error.issues.map((issue) => {
+    const path = issue.path.map(String).join('.');
+    if (issue.code === 'unrecognized_keys') return { path, message: `unknown key(s) ${issue.keys.join(', ')}` };
+    return { path, message: `${issue.message} (got ${describeValue(valueAt(input, issue.path))})` };
+  });
+}
+
+/**
+ * Parses `input` with `schema`, or throws an error whose message starts with `Invalid <what>:` and
+ * lists every problem: a {@link ValidationError} for op input, a {@link ConfigError} for settings.
+ */
+export function parseWith<S extends z.ZodType>(
+  schema: S,
+  input: unknown,
+  what: string,
+  kind: 'input' | 'config' = 'input',
+): z.output<S> {
+  const result = schema.safeParse(input);
+  if (result.success) return result.data;
+  const issues = toIssues(result.error, input);
+  const message = `Invalid ${what}: ${formatIssues(issues)}`;
+  throw kind === 'config' ? new ConfigError(issues, message) : new ValidationError(issues, message);
+}

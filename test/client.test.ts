@@ -1,0 +1,155 @@
+import assert from 'node:assert/strict';
+import { after, afterEach, before, beforeEach, describe, it } from 'node:test';
+
+import {
+  ClientClosedError,
+  OpTimeoutError,
+  RedisUnavailableError,
+  UserExistsError,
+  UserNotFoundError,
+  ValidationError,
+} from '../src/index.js';
+import { newClient, plainQueue, queueName, startConsumer, Teardown, tempDb } from './helpers/fixtures.js';
+import { freePort, TestRedis } from './helpers/redis-server.js';
+
+let redis: TestRedis;
+let t: Teardown;
+let queue: string;
+
+before(async () => {
+  redis = await TestRedis.start();
+});
+after(() => redis.stop());
+
+beforeEach(() => {
+  t = new Teardown();
+  queue = queueName();
+});
+afterEach(() => t.run());
+
+async function setup() {
+  const db = t.add(tempDb(), (d) => d.cleanup());
+  const consumer = await startConsumer(t, { redisUrl: redis.url, queue, dbPath: db.dbPath });
+  const client = newClient(t, { redisUrl: redis.url, queue, timeoutMs: 10_000 });
+  return { consumer, client, db };
+}
+
+const bob = { nickname: 'bob', fullName: 'Bob Builder', email: 'bob@example.com' };
+
+describe('UserOpsClient with a running consumer', () => {
+  it('creates, reads, updates, lists and deletes a user', async () => {
+    const { client } = await setup();
+    const created = await client.createUser(bob);
+    assert.equal(created.nickname, 'bob');
+    assert.equal(typeof created.id, 'number');
+    assert.deepEqual(await client.getUser('bob'), created);
+    const updated = await client.updateUser('bob', { fullName: 'Robert Builder' });
+    assert.equal(updated.fullName, 'Robert Builder');
+    assert.equal(updated.email, bob.email);
+    await client.createUser({ ...bob, nickname: 'alice' });
+    assert.deepEqual((await client.listUsers()).map((u) => u.nickname), ['alice', 'bob']);
+    assert.deepEqual((await client.listUsers({ after: 'alice', limit: 5 })).map((u) => u.nickname), ['bob']);
+    assert.deepEqual(await client.deleteUser('bob'), updated);
+    await assert.rejects(client.getUser('bob'), UserNotFoundError);
+  });
+
+  it('rejects with typed domain errors that name the user', async () => {
+    const { client } = await setup();
+    await client.createUser(bob);
+    await assert.rejects(client.createUser(bob), (err: unknown) => {
+      assert.ok(err instanceof UserExistsError);
+      assert.equal(err.code, 'USER_EXISTS');
+      assert.equal(err.nickname, 'bob');
+      return true;
+    });
+    await assert.rejects(client.getUser('carol'), { name: 'UserNotFoundError', code: 'USER_NOT_FOUND', message: "User carol doesn't exist" });
+    await assert.rejects(client.updateUser('carol', { email: 'c@example.com' }), UserNotFoundError);
+    await assert.rejects(client.deleteUser('carol'), UserNotFoundError);
+  });
+
+  it('validates input before enqueueing anything', async () => {
+    const { client } = await setup();
+    const probe = plainQueue(t, redis.url, queue);
+    await assert.rejects(client.createUser({ ...bob, email: 'not-an-email' }), (err: unknown) => {
+      assert.ok(err instanceof ValidationError);
+      assert.deepEqual(err.issues.map((i) => i.path), ['email']);
+      return true;
+    });
+    await assert.rejects(client.updateUser('bob', {}), /give at least one of fullName, email/);
+    await assert.rejects(client.updateUser('bob', null as never), /changes: must be an object/);
+    await assert.rejects(client.listUsers({ limit: -1 }), ValidationError);
+    await assert.rejects(client.getUser(''), /nickname: must not be empty/);
+    const counts = await probe.getJobCounts();
+    assert.equal(Object.values(counts).reduce((a, b) => a + b, 0), 0, 'nothing was enqueued');
+  });
+
+  it('coalesces concurrent calls into batches and keeps the order they were made in', async () => {
+    const { client, consumer } = await setup();
+    const n = 300;
+    const users = await Promise.all(
+      Array.from({ length: n }, (_, i) => client.createUser({ ...bob, nickname: `u${String(i).padStart(4, '0')}` })),
+    );
+    // Applied in call order: ids ascend with the call index.
+    users.forEach((u, i) => assert.equal(u.nickname, `u${String(i).padStart(4, '0')}`));
+    for (let i = 1; i < n; i++) assert.ok((users[i]?.id ?? 0) > (users[i - 1]?.id ?? 0), `user ${i} applied after ${i - 1}`);
+    const jobs = consumer.database?.ledgerSize() ?? 0;
+    assert.ok(jobs < n, `expected fewer jobs than calls, got ${jobs} jobs for ${n} calls`);
+    assert.equal(consumer.database?.countUsers(), n);
+  });
+
+  it('gives each call in a batch its own outcome', async () => {
+    const { client } = await setup();
+    await client.createUser(bob);
+    const outcomes = await Promise.allSettled([
+      client.createUser({ ...bob, nickname: 'x1' }),
+      client.createUser(bob),
+      client.getUser('nobody'),
+      client.createUser({ ...bob, nickname: 'x2' }),
+    ]);
+    assert.deepEqual(outcomes.map((o) => o.status), ['fulfilled', 'rejected', 'rejected', 'fulfilled']);
+    assert.ok(outcomes[1]?.status === 'rejected' && outcomes[1].reason instanceof UserExistsError);
+    assert.ok(outcomes[2]?.status === 'rejected' && outcomes[2].reason instanceof UserNotFoundError);
+  });
+
+  it('closes idempotently and rejects calls made after close', async () => {
+    const { client } = await setup();
+    await client.createUser(bob);
+    await Promise.all([client.close(), client.close()]);
+    await client.close();
+    await assert.rejects(client.getUser('bob'), ClientClosedError);
+  });
+});
+
+describe('UserOpsClient when things are missing', () => {
+  it('times out with OpTimeoutError when no consumer runs', async () => {
+    const client = newClient(t, { redisUrl: redis.url, queue, timeoutMs: 300 });
+    await assert.rejects(client.getUser('bob'), (err: unknown) => {
+      assert.ok(err instanceof OpTimeoutError);
+      assert.equal(err.code, 'TIMEOUT');
+      assert.equal(err.applied, 'unknown');
+      assert.match(err.message, /timed out after 300 ms/);
+      return true;
+    });
+  });
+
+  it('fails fast with RedisUnavailableError when Redis is unreachable', async () => {
+    const port = await freePort();
+    const client = newClient(t, { redisUrl: `redis://:hunter2@127.0.0.1:${port}`, queue, connectTimeoutMs: 1000 });
+    const started = Date.now();
+    await assert.rejects(client.getUser('bob'), (err: unknown) => {
+      assert.ok(err instanceof RedisUnavailableError);
+      assert.equal(err.code, 'REDIS_UNAVAILABLE');
+      assert.match(err.message, /ECONNREFUSED|no connection within/);
+      assert.doesNotMatch(err.message, /hunter2/, 'the password is never shown');
+      return true;
+    });
+    assert.ok(Date.now() - started < 5000, 'fails within seconds, not after the call timeout');
+  });
+
+  it('rejects pending calls with ClientClosedError when closed', async () => {
+    const client = newClient(t, { redisUrl: redis.url, queue, timeoutMs: 10_000 });
+    const pending = client.getUser('bob');
+    await client.close();
+    await assert.rejects(pending, ClientClosedError);
+  });
+});

@@ -1,0 +1,144 @@
+import assert from 'node:assert/strict';
+import { after, afterEach, before, beforeEach, describe, it } from 'node:test';
+
+import Database from 'better-sqlite3';
+import { type Job, QueueEvents } from 'bullmq';
+import { Redis } from 'ioredis';
+import { pino } from 'pino';
+
+import { UserOpsConsumer } from '../src/consumer/index.js';
+import { RedisUnavailableError } from '../src/index.js';
+import { newClient, plainQueue, queueName, startConsumer, Teardown, tempDb } from './helpers/fixtures.js';
+import { freePort, TestRedis } from './helpers/redis-server.js';
+
+let redis: TestRedis;
+let t: Teardown;
+let queue: string;
+
+before(async () => {
+  redis = await TestRedis.start();
+});
+after(() => redis.stop());
+beforeEach(() => {
+  t = new Teardown();
+  queue = queueName();
+});
+afterEach(() => t.run());
+
+/** A plain BullMQ producer and an events reader, as another service would have. */
+function foreignProducer() {
+  const q = plainQueue(t, redis.url, queue);
+  const connection = t.add(new Redis(redis.url, { maxRetriesPerRequest: null }), (c) => c.disconnect());
+  const events = t.add(new QueueEvents(queue, { connection }), (e) => e.close());
+  return {
+    q,
+    /** Adds a job and waits for it to finish; resolves with `{ state, value | reason }`. */
+    async run(data: unknown, jobId?: string) {
+      await events.waitUntilReady();
+      const job: Job = await q.add('anything', data, jobId ? { jobId } : {});
+      try {
+        return { state: 'completed', value: (await job.waitUntilFinished(events, 10_000)) as unknown };
+      } catch (err) {
+        return { state: 'failed', reason: (err as Error).message };
+      }
+    },
+  };
+}
+
+const create = (nickname: string) => ({ op: 'user.create', args: { nickname, fullName: 'N', email: `${nickname}@example.com` } });
+
+describe('consumer', () => {
+  it('fails malformed jobs at once with a reason, keeps them in the failed set, and keeps going', async () => {
+    const db = t.add(tempDb(), (d) => d.cleanup());
+    const consumer = await startConsumer(t, { redisUrl: redis.url, queue, dbPath: db.dbPath, maxOpsPerJob: 50 });
+    const foreign = foreignProducer();
+    const cases: [unknown, RegExp][] = [
+      [null, /job data must be an object/],
+      ['user.create bob', /job data must be an object/],
+      [[1, 2], /job data must be an object/],
+      [{ ops: [create('a')] }, /v: must be 1/],
+      [{ v: 2, ops: [create('a')] }, /v: must be 1/],
+      [{ v: 1, ops: [] }, /at least one op/],
+      [{ v: 1, ops: 'all of them' }, /ops: must be an array/],
+      [{ v: 1, ops: Array.from({ length: 51 }, (_, i) => create(`n${i}`)) }, /at most 50 ops/],
+      [{ v: 1, ops: [create('a')], sneaky: true }, /unknown key\(s\) sneaky/],
+    ];
+    for (const [data, reason] of cases) {
+      const outcome = await foreign.run(data);
+      assert.equal(outcome.state, 'failed', `expected ${JSON.stringify(data)?.slice(0, 60)} to fail`);
+      assert.match(outcome.reason ?? '', reason);
+    }
+    const failed = await foreign.q.getFailed();
+    assert.equal(failed.length, cases.length, 'every malformed job stays in the failed set');
+    assert.ok(failed.every((j) => j.attemptsMade === 1), 'malformed jobs are not retried');
+    assert.equal(consumer.database?.countUsers(), 0, 'nothing was applied');
+    // Still serving:
+    const client = newClient(t, { redisUrl: redis.url, queue });
+    assert.equal((await client.createUser({ nickname: 'after', fullName: 'A', email: 'a@example.com' })).nickname, 'after');
+  });
+
+  it('answers bad ops in a foreign job with per-op errors and applies the good ones', async () => {
+    const db = t.add(tempDb(), (d) => d.cleanup());
+    const consumer = await startConsumer(t, { redisUrl: redis.url, queue, dbPath: db.dbPath });
+    const foreign = foreignProducer();
+    const outcome = await foreign.run({
+      v: 1,
+      ops: [create('good'), { op: 'user.create', args: { nickname: 'bad', fullName: 7 } }, { op: 'drop.table', args: {} }, null],
+    });
+    assert.equal(outcome.state, 'completed');
+    const { results } = outcome.value as { results: { ok: boolean; error?: { code: string; message: string } }[] };
+    assert.deepEqual(results.map((r) => (r.ok ? 'ok' : r.error?.code)), ['ok', 'INVALID_INPUT', 'INVALID_INPUT', 'INVALID_INPUT']);
+    assert.match(results[1]?.error?.message ?? '', /fullName: must be a string \(got 7\)/);
+    assert.deepEqual(consumer.database?.listUsers({}).map((u) => u.nickname), ['good']);
+  });
+
+  it('answers a job delivered again from the ledger and applies nothing twice', async () => {
+    const db = t.add(tempDb(), (d) => d.cleanup());
+    const consumer = await startConsumer(t, { redisUrl: redis.url, queue, dbPath: db.dbPath });
+    const foreign = foreignProducer();
+    const payload = { v: 1, ops: [create('once'), { op: 'user.update', args: { nickname: 'once', fullName: 'Twice?' } }] };
+    const first = await foreign.run(payload, 'job-again');
+    assert.equal(first.state, 'completed');
+    // Delivered again under the same id, as after a crash between commit and acknowledgement.
+    await foreign.q.remove('job-again');
+    const second = await foreign.run(payload, 'job-again');
+    assert.deepEqual(second.value, first.value, 'the recorded results, not "exists"');
+    assert.equal(consumer.database?.countUsers(), 1);
+    assert.equal(consumer.database?.ledgerSize(), 1);
+  });
+
+  it('retries a job in place while SQLite is locked, then applies it once', async () => {
+    const db = t.add(tempDb(), (d) => d.cleanup());
+    const lines: string[] = [];
+    const logger = pino({ level: 'warn' }, { write: (line: string) => void lines.push(line) });
+    const consumer = await startConsumer(t, { redisUrl: redis.url, queue, dbPath: db.dbPath, busyTimeoutMs: 10, logger });
+    const locker = t.add(new Database(db.dbPath), (d) => d.close());
+    locker.exec('BEGIN IMMEDIATE');
+    const client = newClient(t, { redisUrl: redis.url, queue, timeoutMs: 20_000 });
+    const call = client.createUser({ nickname: 'patient', fullName: 'P', email: 'p@example.com' });
+    // Wait for the consumer to say why it is retrying, then release the lock.
+    while (!lines.some((l) => l.includes('SQLITE_BUSY'))) await new Promise((r) => setTimeout(r, 20));
+    locker.exec('ROLLBACK');
+    assert.equal((await call).nickname, 'patient');
+    assert.equal(consumer.database?.countUsers(), 1);
+    assert.match(lines.find((l) => l.includes('SQLITE_BUSY')) ?? '', /retrying the job in place/);
+  });
+
+  it('refuses to start when Redis is unreachable, saying so, and closes twice safely', async () => {
+    const db = t.add(tempDb(), (d) => d.cleanup());
+    const port = await freePort();
+    const consumer = new UserOpsConsumer({ redisUrl: `redis://:pw@127.0.0.1:${port}`, queue, dbPath: db.dbPath, startTimeoutMs: 500 });
+    await assert.rejects(consumer.start(), (err: unknown) => {
+      assert.ok(err instanceof RedisUnavailableError);
+      assert.match(err.message, new RegExp(`127\\.0\\.0\\.1:${port}`));
+      assert.doesNotMatch(err.message, /:pw@/);
+      return true;
+    });
+    await consumer.close();
+    await consumer.close();
+  });
+
+  it('rejects invalid options by name', () => {
+    assert.throws(() => new UserOpsConsumer({ dbPath: 'x.db', lockDurationMs: 5 }), /Invalid consumer options: lockDurationMs: .*\(got 5\)/);
+  });
+});

@@ -1,0 +1,67 @@
+/**
+ * Per-test isolation: a fresh SQLite file, a random queue name, and started-and-closed parts that
+ * are torn down even when a test fails.
+ */
+import { randomUUID } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+import { Queue } from 'bullmq';
+import { Redis } from 'ioredis';
+
+import { UserOpsConsumer } from '../../src/consumer/consumer.js';
+import type { ConsumerOptions } from '../../src/consumer/options.js';
+import { UserOpsClient } from '../../src/producer/client.js';
+import type { ClientOptions } from '../../src/producer/options.js';
+
+/** A fresh temp folder with a database path inside; removed by `cleanup()`. */
+export function tempDb(): { dir: string; dbPath: string; cleanup: () => void } {
+  const dir = mkdtempSync(join(tmpdir(), 'userops-db-'));
+  return { dir, dbPath: join(dir, 'userops.db'), cleanup: () => rmSync(dir, { recursive: true, force: true }) };
+}
+
+/** A queue name no other test uses. */
+export function queueName(): string {
+  return `t-${randomUUID().slice(0, 8)}`;
+}
+
+/** Collects cleanups and runs them last-in first-out, all of them, even if one throws. */
+export class Teardown {
+  private readonly steps: (() => unknown)[] = [];
+
+  /** Registers `step` to run at teardown and returns `value` for chaining. */
+  add<T>(value: T, step: (v: T) => unknown): T {
+    this.steps.push(() => step(value));
+    return value;
+  }
+
+  /** Runs every step, newest first. */
+  async run(): Promise<void> {
+    for (const step of this.steps.splice(0).reverse()) {
+      try {
+        await step();
+      } catch {
+        // teardown goes on; the test's own assertion failure is what matters
+      }
+    }
+  }
+}
+
+/** A started consumer, closed at teardown. */
+export async function startConsumer(t: Teardown, options: ConsumerOptions): Promise<UserOpsConsumer> {
+  const consumer = t.add(new UserOpsConsumer(options), (c) => c.close());
+  await consumer.start();
+  return consumer;
+}
+
+/** A client, closed at teardown. */
+export function newClient(t: Teardown, options: ClientOptions): UserOpsClient {
+  return t.add(new UserOpsClient(options), (c) => c.close());
+}
+
+/** A plain BullMQ queue, as another service would use, closed at teardown. */
+export function plainQueue(t: Teardown, url: string, name: string): Queue {
+  const connection = t.add(new Redis(url, { maxRetriesPerRequest: null }), (c) => c.disconnect());
+  return t.add(new Queue(name, { connection }), (q) => q.close());
+}

@@ -1,0 +1,146 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+
+import {
+  ConfigError,
+  fromWireError,
+  parseArgs,
+  parseEnvelope,
+  parseOp,
+  parseResults,
+  UserExistsError,
+  UserNotFoundError,
+  UserOpsError,
+  ValidationError,
+} from '../src/protocol/index.js';
+import { resolveClientOptions } from '../src/producer/options.js';
+import { resolveConsumerOptions } from '../src/consumer/options.js';
+import { clientConfig, consumerConfig } from '../src/config.js';
+import { redactUrl } from '../src/redis.js';
+
+describe('op arguments', () => {
+  it('accepts and normalises a valid create', () => {
+    const args = parseArgs('user.create', { nickname: 'bob', fullName: '  Bob B ', email: 'bob@example.com' });
+    assert.deepEqual(args, { nickname: 'bob', fullName: 'Bob B', email: 'bob@example.com' });
+  });
+
+  it('names every bad field, why, and what it got', () => {
+    let v: ValidationError | undefined;
+    try {
+      parseArgs('user.create', { nickname: 'has space', fullName: '', email: 'nope' });
+    } catch (err) {
+      v = err as ValidationError;
+    }
+    assert.ok(v instanceof ValidationError);
+    assert.equal(v.code, 'INVALID_INPUT');
+    assert.deepEqual(v.issues.map((i) => i.path).sort(), ['email', 'fullName', 'nickname']);
+    assert.match(v.message, /^Invalid user\.create arguments: /);
+    assert.match(v.message, /email: must be an email address .*\(got "nope"\)/);
+    assert.match(v.message, /nickname: must start with a letter or digit/);
+  });
+
+  it('rejects unknown keys instead of dropping them', () => {
+    assert.throws(() => parseArgs('user.get', { nickname: 'bob', admin: true }), /unknown key\(s\) admin/);
+    assert.throws(() => parseArgs('user.get', JSON.parse('{"nickname":"bob","__proto__":{"x":1}}')), /unknown key\(s\) __proto__/);
+  });
+
+  it('requires at least one field on update', () => {
+    assert.throws(() => parseArgs('user.update', { nickname: 'bob' }), /give at least one of fullName, email/);
+  });
+
+  it('bounds list limits', () => {
+    assert.throws(() => parseArgs('user.list', { limit: 0 }), /limit: must be at least 1/);
+    assert.throws(() => parseArgs('user.list', { limit: 1001 }), /limit: must be at most 1000/);
+    assert.throws(() => parseArgs('user.list', { limit: 1.5 }), /limit: must be a whole number/);
+    assert.deepEqual(parseArgs('user.list', {}), {});
+  });
+
+  it('rejects control characters in names and non-strings anywhere', () => {
+    assert.throws(() => parseArgs('user.create', { nickname: 'a', fullName: 'A\u0000B', email: 'a@b.co' }), /control characters/);
+    assert.throws(() => parseArgs('user.get', { nickname: 42 }), /nickname: must be a string \(got 42\)/);
+  });
+});
+
+describe('ops and envelopes from the wire', () => {
+  it('parses an op and rejects unknown op names and shapes', () => {
+    assert.deepEqual(parseOp({ op: 'user.get', args: { nickname: 'x' } }), { op: 'user.get', args: { nickname: 'x' } });
+    assert.throws(() => parseOp({ op: 'user.drop', args: {} }), /unknown op 'user\.drop'; expected one of user\.create/);
+    assert.throws(() => parseOp({ op: 'toString', args: {} }), /unknown op 'toString'/);
+    assert.throws(() => parseOp('user.get'), /an op must be an object/);
+    assert.throws(() => parseOp({ op: 'user.get', args: { nickname: 'x' }, extra: 1 }), /unknown key\(s\) extra/);
+  });
+
+  it('accepts a batch envelope and says what is wrong with a bad one', () => {
+    assert.equal(parseEnvelope({ v: 1, ops: [{}] }).ops.length, 1);
+    assert.throws(() => parseEnvelope(null), /Invalid job: job data must be an object like \{ v: 1, ops: \[\.\.\.\] \} \(got null\)/);
+    assert.throws(() => parseEnvelope('hello'), /job data must be an object/);
+    assert.throws(() => parseEnvelope({ v: 2, ops: [{}] }), /v: must be 1 \(the protocol version\) \(got 2\)/);
+    assert.throws(() => parseEnvelope({ v: 1, ops: [] }), /ops: must hold at least one op/);
+    assert.throws(() => parseEnvelope({ v: 1, ops: {} }), /ops: must be an array/);
+    assert.throws(() => parseEnvelope({ v: 1, ops: [{}, {}, {}] }, 2), /ops: must hold at most 2 ops/);
+    assert.throws(() => parseEnvelope({ v: 1, ops: [{}], extra: true }), /unknown key\(s\) extra/);
+  });
+
+  it('checks result lists against the number of ops', () => {
+    const results = [{ ok: true, value: 1 }, { ok: false, error: { code: 'USER_EXISTS', message: 'm' } }];
+    assert.deepEqual(parseResults({ results }, 2), results);
+    assert.equal(parseResults({ results }, 3), undefined);
+    assert.equal(parseResults('nonsense', 1), undefined);
+  });
+});
+
+describe('error catalogue', () => {
+  it('round-trips typed errors through the wire form', () => {
+    const notFound = fromWireError(new UserNotFoundError('bob').toWire());
+    assert.ok(notFound instanceof UserNotFoundError);
+    assert.equal(notFound.message, "User bob doesn't exist");
+    assert.equal(notFound.code, 'USER_NOT_FOUND');
+    assert.ok(fromWireError(new UserExistsError('bob').toWire()) instanceof UserExistsError);
+    const invalid = fromWireError(new ValidationError([{ path: 'email', message: 'bad' }]).toWire());
+    assert.ok(invalid instanceof ValidationError);
+    assert.deepEqual((invalid).issues, [{ path: 'email', message: 'bad' }]);
+  });
+
+  it('keeps unknown codes from a newer consumer', () => {
+    const err = fromWireError({ code: 'RATE_LIMITED', message: 'slow down' });
+    assert.ok(err instanceof UserOpsError);
+    assert.equal(err.code, 'RATE_LIMITED');
+    assert.equal(err.message, 'slow down');
+  });
+});
+
+describe('options and environment', () => {
+  it('validates client options, naming the option, the form and the value', () => {
+    assert.throws(() => resolveClientOptions({ timeoutMs: -5 }), (err: unknown) => {
+      assert.ok(err instanceof ConfigError);
+      assert.match(err.message, /^Invalid UserOpsClient options: timeoutMs: .* \(got -5\)/);
+      return true;
+    });
+    assert.throws(() => resolveClientOptions({ redisUrl: 'http://x' }), /redisUrl: expected the scheme redis:\/\/ or rediss:\/\//);
+    assert.throws(() => resolveClientOptions({ queue: 'a:b' }), /queue: must be 1-64 characters/);
+    assert.throws(() => resolveClientOptions({ timout: 5 } as never), /unknown key\(s\) timout/);
+    assert.equal(resolveClientOptions({}).queue, 'userops');
+  });
+
+  it('validates consumer options', () => {
+    assert.throws(() => resolveConsumerOptions({ dbPath: '' }), /dbPath: must be a file path/);
+    assert.equal(resolveConsumerOptions({ dbPath: 'x.db' }).redisUrl, 'redis://127.0.0.1:6379');
+  });
+
+  it('reads the environment once, naming the bad variable', () => {
+    assert.throws(() => consumerConfig({ LOG_LEVEL: 'loud' }), /Invalid environment: LOG_LEVEL: must be one of fatal.* \(got "loud"\)/);
+    assert.throws(() => consumerConfig({ REDIS_URL: 'localhost:6379' }), /REDIS_URL: expected the scheme/);
+    assert.throws(() => clientConfig({ USEROPS_TIMEOUT_MS: 'soon' }), /USEROPS_TIMEOUT_MS: must be a number/);
+    assert.throws(() => consumerConfig({ USEROPS_QUEUE: 'bad name' }), /USEROPS_QUEUE: must be 1-64 characters/);
+    const c = consumerConfig({ REDIS_URL: '', USEROPS_DB: '/tmp/x.db' });
+    assert.equal(c.redisUrl, undefined);
+    assert.equal(c.dbPath, '/tmp/x.db');
+    assert.equal(c.queue, 'userops');
+  });
+
+  it('redacts Redis passwords', () => {
+    assert.equal(redactUrl('redis://user:s3cret@host:6379/2'), 'redis://user:***@host:6379/2');
+    assert.equal(redactUrl('rediss://:s3cret@host'), 'rediss://:***@host');
+    assert.doesNotMatch(redactUrl('redis://u:s3cret@h'), /s3cret/);
+  });
+});

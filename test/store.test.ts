@@ -1,0 +1,134 @@
+import assert from 'node:assert/strict';
+import { afterEach, beforeEach, describe, it } from 'node:test';
+
+import Database from 'better-sqlite3';
+
+import { applyJob } from '../src/consumer/apply.js';
+import { SCHEMA_VERSION } from '../src/consumer/migrations.js';
+import { Store } from '../src/consumer/store.js';
+import { UserExistsError, UserNotFoundError, ValidationError } from '../src/protocol/index.js';
+import { tempDb } from './helpers/fixtures.js';
+
+const bob = { nickname: 'bob', fullName: 'Bob B', email: 'bob@example.com' };
+const create = (nickname: string) => ({ op: 'user.create', args: { ...bob, nickname } });
+
+let db: ReturnType<typeof tempDb>;
+let store: Store;
+
+beforeEach(() => {
+  db = tempDb();
+  store = new Store(db.dbPath);
+});
+
+afterEach(() => {
+  store.close();
+  db.cleanup();
+});
+
+describe('Store', () => {
+  it('opens in WAL mode with synchronous=FULL at the current schema version', () => {
+    assert.equal(store.db.pragma('journal_mode', { simple: true }), 'wal');
+    assert.equal(store.db.pragma('synchronous', { simple: true }), 2); // FULL
+    assert.equal(store.db.pragma('user_version', { simple: true }), SCHEMA_VERSION);
+  });
+
+  it('creates, reads, updates, lists and deletes users', () => {
+    const created = store.createUser(bob, Date.parse('2026-01-01T00:00:00Z'));
+    assert.equal(created.nickname, 'bob');
+    assert.equal(created.createdAt, '2026-01-01T00:00:00.000Z');
+    assert.deepEqual(store.getUser({ nickname: 'bob' }), created);
+    const updated = store.updateUser({ nickname: 'bob', email: 'b@example.org' }, Date.parse('2026-01-02T00:00:00Z'));
+    assert.equal(updated.email, 'b@example.org');
+    assert.equal(updated.fullName, 'Bob B');
+    assert.equal(updated.updatedAt, '2026-01-02T00:00:00.000Z');
+    store.createUser({ ...bob, nickname: 'alice' }, 0);
+    assert.deepEqual(store.listUsers({}).map((u) => u.nickname), ['alice', 'bob']);
+    assert.deepEqual(store.listUsers({ after: 'alice' }).map((u) => u.nickname), ['bob']);
+    assert.deepEqual(store.listUsers({ limit: 1 }).map((u) => u.nickname), ['alice']);
+    assert.deepEqual(store.deleteUser({ nickname: 'bob' }), updated);
+    assert.equal(store.countUsers(), 1);
+  });
+
+  it('raises typed errors for missing and duplicate users', () => {
+    store.createUser(bob, 0);
+    assert.throws(() => store.createUser(bob, 0), UserExistsError);
+    assert.throws(() => store.getUser({ nickname: 'nobody' }), { message: "User nobody doesn't exist" });
+    assert.throws(() => store.updateUser({ nickname: 'nobody', email: 'x@y.z' }, 0), UserNotFoundError);
+    assert.throws(() => store.deleteUser({ nickname: 'nobody' }), UserNotFoundError);
+  });
+
+  it('keeps data and schema version across reopen, and refuses a newer schema', () => {
+    store.createUser(bob, 0);
+    store.close();
+    store = new Store(db.dbPath);
+    assert.equal(store.getUser({ nickname: 'bob' }).email, bob.email);
+    store.db.pragma(`user_version = ${SCHEMA_VERSION + 1}`);
+    store.close();
+    assert.throws(() => new Store(db.dbPath), /newer than this build supports/);
+    store = new Store(':memory:');
+  });
+});
+
+describe('applyJob', () => {
+  it('applies a batch in order, each op in its own savepoint', () => {
+    const { results, replayed } = applyJob(store, 'job-1', {
+      v: 1,
+      ops: [create('a'), create('a'), { op: 'user.get', args: { nickname: 'a' } }, { op: 'user.get', args: { nickname: 'zz' } }, create('b')],
+    }, 1000);
+    assert.equal(replayed, false);
+    assert.deepEqual(results.map((r) => (r.ok ? 'ok' : r.error.code)), ['ok', 'USER_EXISTS', 'ok', 'USER_NOT_FOUND', 'ok']);
+    // The failed ops rolled back alone: both successful creates committed.
+    assert.deepEqual(store.listUsers({}).map((u) => u.nickname), ['a', 'b']);
+  });
+
+  it('turns bad ops into per-op INVALID_INPUT without touching their neighbours', () => {
+    const { results } = applyJob(store, 'job-2', {
+      v: 1,
+      ops: [create('ok1'), { op: 'user.nuke', args: {} }, { op: 'user.create', args: { nickname: 'x' } }, 'junk', create('ok2')],
+    }, 1000);
+    assert.deepEqual(results.map((r) => (r.ok ? 'ok' : r.error.code)), ['ok', 'INVALID_INPUT', 'INVALID_INPUT', 'INVALID_INPUT', 'ok']);
+    const second = results[1];
+    assert.ok(second && !second.ok);
+    assert.match(second.error.message, /unknown op 'user\.nuke'/);
+    assert.equal(store.countUsers(), 2);
+  });
+
+  it('records the job in the ledger: the same job delivered twice changes nothing', () => {
+    const payload = { v: 1, ops: [create('once')] };
+    const first = applyJob(store, 'job-3', payload, 1000);
+    const again = applyJob(store, 'job-3', payload, 1000);
+    assert.equal(again.replayed, true);
+    assert.deepEqual(again.results, first.results);
+    assert.equal(first.results[0]?.ok, true, 'the replay returns the original success, not "exists"');
+    assert.equal(store.countUsers(), 1);
+    assert.equal(store.ledgerSize(), 1);
+  });
+
+  it('rejects a malformed envelope before touching the database', () => {
+    assert.throws(() => applyJob(store, 'bad', { v: 1, ops: 'x' }, 1000), ValidationError);
+    assert.throws(() => applyJob(store, 'bad', { v: 1, ops: [create('a'), create('b')] }, 1), /at most 1 ops/);
+    assert.equal(store.ledgerSize(), 0);
+  });
+
+  it('rolls the whole job back on a storage error, and applies it once when retried', () => {
+    // Another connection holds the write lock: the job cannot commit and must leave no trace.
+    store.close();
+    store = new Store(db.dbPath, 0);
+    const other = new Database(db.dbPath);
+    other.exec('BEGIN IMMEDIATE');
+    assert.throws(() => applyJob(store, 'busy', { v: 1, ops: [create('x')] }, 1000), { code: 'SQLITE_BUSY' });
+    other.exec('ROLLBACK');
+    other.close();
+    assert.equal(store.countUsers(), 0);
+    assert.equal(applyJob(store, 'busy', { v: 1, ops: [create('x')] }, 1000).results[0]?.ok, true);
+    assert.equal(store.countUsers(), 1);
+  });
+
+  it('prunes old ledger rows only', () => {
+    applyJob(store, 'old', { v: 1, ops: [create('o')] }, 1000, 1_000);
+    applyJob(store, 'new', { v: 1, ops: [create('n')] }, 1000, 5_000);
+    assert.equal(store.pruneLedger(2_000), 1);
+    assert.equal(store.ledgerGet('old'), undefined);
+    assert.ok(store.ledgerGet('new'));
+  });
+});
