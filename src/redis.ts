@@ -53,47 +53,96 @@ export const redisUrlSchema = z.string().superRefine((url, ctx) => {
   if (problem) ctx.addIssue({ code: 'custom', message: problem });
 });
 
-const lastErrors = new WeakMap<Redis, Error>();
-
 /**
- * The most recent connection error of `client` (ECONNREFUSED, WRONGPASS, ...): more telling than
- * the "Connection is closed" a failed command reports.
+ * The Redis connections of one owner (a client or a consumer), opened from one URL.
+ *
+ * BullMQ duplicates a connection for its blocking readers, copying our options; the retry
+ * strategy below is shared by those copies, so once `close()` starts, every one of them stops
+ * reconnecting and ends. Without that, closing while Redis is down would wait forever
+ * (BullMQ issue #4656) or leave a reconnecting socket keeping the process alive.
  */
-export function lastConnectionError(client: Redis): Error | undefined {
-  return lastErrors.get(client);
+export class RedisConnections {
+  private closing = false;
+  private readonly clients: Redis[] = [];
+  private readonly lastErrors = new WeakMap<Redis, Error>();
+
+  /**
+   * @param url - the Redis URL; never logged without {@link redactUrl}
+   * @param logger - connection errors are logged here, once per outage
+   */
+  constructor(
+    readonly url: string,
+    private readonly logger: Logger,
+  ) {}
+
+  /** Opens a connection for `role`. */
+  open(role: ConnectionRole, extra: RedisOptions = {}): Redis {
+    const options: RedisOptions = {
+      connectionName: `userops-${role}`,
+      connectTimeout: 5000,
+      // Quick at first, then every 2 s; never again once closing.
+      retryStrategy: (times) => (this.closing ? null : Math.min(100 * 2 ** Math.min(times, 5), 2000)),
+      ...(role === 'command'
+        ? { enableOfflineQueue: false, maxRetriesPerRequest: 1 }
+        : { enableOfflineQueue: true, maxRetriesPerRequest: null }),
+      ...extra,
+    };
+    const client = new Redis(this.url, options);
+    const where = { redis: redactUrl(this.url), role };
+    let down = false;
+    client.on('error', (err: Error) => {
+      this.lastErrors.set(client, err);
+      if (!down && !this.closing) this.logger.warn({ err, ...where }, 'Redis connection error');
+      down = true;
+    });
+    client.on('ready', () => {
+      if (down) this.logger.info(where, 'Redis connection restored');
+      down = false;
+    });
+    this.clients.push(client);
+    return client;
+  }
+
+  /**
+   * The most recent connection error of `client` (ECONNREFUSED, WRONGPASS, ...): more telling
+   * than the "Connection is closed" a failed command reports.
+   */
+  lastError(client: Redis): Error | undefined {
+    return this.lastErrors.get(client);
+  }
+
+  /** True once `stopReconnecting()` or `close()` has been called. */
+  get stopping(): boolean {
+    return this.closing;
+  }
+
+  /** Stops every connection, and BullMQ's copies of them, from reconnecting. Call before closing BullMQ objects. */
+  stopReconnecting(): void {
+    this.closing = true;
+  }
+
+  /** Closes every connection: QUIT when connected, a hard disconnect otherwise. Idempotent. */
+  async close(): Promise<void> {
+    this.closing = true;
+    await Promise.all(this.clients.map((c) => closeRedis(c)));
+  }
 }
 
-/** How long to wait between reconnection attempts: quick at first, then every 2 s. */
-function retryStrategy(times: number): number {
-  return Math.min(100 * 2 ** Math.min(times, 5), 2000);
-}
-
 /**
- * Opens an ioredis connection for `role`. Connection errors are logged (at most once per outage)
- * instead of surfacing as unhandled `error` events.
+ * Waits for `work` at most `ms`; resolves `true` if it settled in time. For close steps of
+ * libraries that can wait forever on a dead connection.
  */
-export function createRedis(url: string, role: ConnectionRole, logger: Logger, extra: RedisOptions = {}): Redis {
-  const options: RedisOptions = {
-    connectionName: `userops-${role}`,
-    connectTimeout: 5000,
-    retryStrategy,
-    ...(role === 'command'
-      ? { enableOfflineQueue: false, maxRetriesPerRequest: 1 }
-      : { enableOfflineQueue: true, maxRetriesPerRequest: null }),
-    ...extra,
-  };
-  const client = new Redis(url, options);
-  let down = false;
-  client.on('error', (err: Error) => {
-    lastErrors.set(client, err);
-    if (!down) logger.warn({ err, redis: redactUrl(url), role }, 'Redis connection error');
-    down = true;
+export async function settleWithin(work: Promise<unknown> | undefined, ms: number): Promise<boolean> {
+  if (!work) return true;
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<false>((resolve) => {
+    timer = setTimeout(() => resolve(false), ms);
   });
-  client.on('ready', () => {
-    if (down) logger.info({ redis: redactUrl(url), role }, 'Redis connection restored');
-    down = false;
-  });
-  return client;
+  try {
+    return await Promise.race([work.then(() => true as const, () => true as const), expired]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /** Closes a connection politely, falling back to a hard disconnect if Redis does not answer. */

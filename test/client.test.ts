@@ -146,6 +146,16 @@ describe('UserOpsClient when things are missing', () => {
     assert.ok(Date.now() - started < 5000, 'fails within seconds, not after the call timeout');
   });
 
+  it('closes within seconds when Redis has died (BullMQ #4656 would wait forever)', async () => {
+    const own = t.add(await TestRedis.start(), (r) => r.stop());
+    const client = newClient(t, { redisUrl: own.url, queue, timeoutMs: 200 });
+    await assert.rejects(client.getUser('bob'), OpTimeoutError); // connected, events reader running
+    await own.kill();
+    const started = Date.now();
+    await client.close();
+    assert.ok(Date.now() - started < 5000, `close took ${Date.now() - started} ms`);
+  });
+
   it('rejects pending calls with ClientClosedError when closed', async () => {
     const client = newClient(t, { redisUrl: redis.url, queue, timeoutMs: 10_000 });
     const pending = client.getUser('bob');

@@ -138,6 +138,18 @@ describe('consumer', () => {
     await consumer.close();
   });
 
+  it('closes within seconds when Redis has died', async () => {
+    const own = t.add(await TestRedis.start(), (r) => r.stop());
+    const db = t.add(tempDb(), (d) => d.cleanup());
+    const consumer = new UserOpsConsumer({ redisUrl: own.url, queue, dbPath: db.dbPath });
+    await consumer.start();
+    await own.kill();
+    const started = Date.now();
+    await consumer.close();
+    assert.ok(Date.now() - started < 5000, `close took ${Date.now() - started} ms`);
+    assert.equal(consumer.database?.db.open, false, 'SQLite closed');
+  });
+
   it('rejects invalid options by name', () => {
     assert.throws(() => new UserOpsConsumer({ dbPath: 'x.db', lockDurationMs: 5 }), /Invalid consumer options: lockDurationMs: .*\(got 5\)/);
   });

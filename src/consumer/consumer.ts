@@ -8,7 +8,7 @@ import type { Redis } from 'ioredis';
 import { type Logger, pino } from 'pino';
 
 import { type JobResults, RedisUnavailableError, ValidationError } from '../protocol/index.js';
-import { closeRedis, createRedis, redactUrl } from '../redis.js';
+import { RedisConnections, redactUrl, settleWithin } from '../redis.js';
 import { applyJob } from './apply.js';
 import { type ConsumerOptions, type ResolvedConsumerOptions, resolveConsumerOptions } from './options.js';
 import { isTransientSqliteError, sqliteCode } from './sqlite-errors.js';
@@ -21,6 +21,8 @@ const KEEP_FAILED = { age: 7 * 24 * 3600, count: 10_000 };
 /** Backoff between in-place retries of a transient storage error. */
 const RETRY_MIN_MS = 100;
 const RETRY_MAX_MS = 5000;
+/** How long `close()` waits for the job in hand; inside the CLI's 9 s shutdown deadline. */
+const DRAIN_DEADLINE_MS = 7000;
 
 type State = 'new' | 'starting' | 'running' | 'closing' | 'closed';
 
@@ -33,6 +35,7 @@ export class UserOpsConsumer {
   private readonly log: Logger;
   private state: State = 'new';
   private store?: Store;
+  private redis?: RedisConnections;
   private connection?: Redis;
   private worker?: Worker<unknown, JobResults>;
   private pruneTimer?: NodeJS.Timeout;
@@ -73,7 +76,8 @@ export class UserOpsConsumer {
       },
       'consumer starting',
     );
-    this.connection = createRedis(o.redisUrl, 'blocking', this.log);
+    this.redis = new RedisConnections(o.redisUrl, this.log);
+    this.connection = this.redis.open('blocking');
     const worker = new Worker<unknown, JobResults>(o.queue, (job, token) => this.process(job, token), {
       connection: this.connection,
       concurrency: 1,
@@ -173,12 +177,18 @@ export class UserOpsConsumer {
     this.state = 'closing';
     this.stopping.abort();
     clearInterval(this.pruneTimer);
-    const steps: [string, () => Promise<void> | void][] = [
-      ['worker', () => this.worker?.close()],
+    // With Redis up, let the job in hand finish and be acknowledged (reconnecting through a blip
+    // if need be). With Redis down it cannot be acknowledged: stop at once; the job is committed
+    // with its ledger row, so its re-delivery after restart is answered without applying twice.
+    const redisUp = this.connection?.status === 'ready';
+    if (!redisUp) this.redis?.stopReconnecting();
+    const drained = await settleWithin(this.worker?.close(), redisUp ? DRAIN_DEADLINE_MS : 1000);
+    if (!drained) this.log.warn('worker did not close in time; the job in hand will be re-delivered');
+    this.redis?.stopReconnecting();
+    for (const [name, step] of [
       ['sqlite', () => this.store?.close()],
-      ['redis', () => (this.connection ? closeRedis(this.connection) : undefined)],
-    ];
-    for (const [name, step] of steps) {
+      ['redis', () => this.redis?.close()],
+    ] as const) {
       try {
         await step();
       } catch (err) {

@@ -73,7 +73,7 @@ export async function startPrivateRedis(binary: string, dir: string, port: numbe
     }
     await new Promise((r) => setTimeout(r, 100));
   }
-  logger.info({ port, dir, pid: child.pid }, 'started a private redis-server (REDIS_URL unset, none running)');
+  logger.info({ port, dir, redisPid: child.pid }, 'started a private redis-server (REDIS_URL unset, none running)');
   let stopping: Promise<void> | undefined;
   return {
     url: `redis://127.0.0.1:${port}`,

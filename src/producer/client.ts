@@ -17,9 +17,12 @@ import {
   type User,
   ValidationError,
 } from '../protocol/index.js';
-import { closeRedis, createRedis, lastConnectionError, redactUrl } from '../redis.js';
+import { RedisConnections, redactUrl, settleWithin } from '../redis.js';
 import { Dispatcher } from './dispatcher.js';
 import { type ClientOptions, type ResolvedClientOptions, resolveClientOptions } from './options.js';
+
+/** Longest wait for each BullMQ close step; a healthy close takes milliseconds. */
+const CLOSE_DEADLINE_MS = 2000;
 
 /** Arguments of {@link UserOpsClient.createUser}. */
 export interface CreateUserInput {
@@ -58,6 +61,7 @@ export interface ListUsersInput {
 export class UserOpsClient {
   private readonly options: ResolvedClientOptions;
   private readonly log: Logger;
+  private readonly redis: RedisConnections;
   private readonly commands: Redis;
   private readonly blocking: Redis;
   private readonly queue: Queue;
@@ -72,8 +76,9 @@ export class UserOpsClient {
     const { redisUrl, queue } = this.options;
     this.log = (this.options.logger ?? pino({ level: 'silent' })).child({ component: 'client', queue });
     // Lazy: a client that is never used never opens a socket.
-    this.commands = createRedis(redisUrl, 'command', this.log, { lazyConnect: true });
-    this.blocking = createRedis(redisUrl, 'blocking', this.log, { lazyConnect: true });
+    this.redis = new RedisConnections(redisUrl, this.log);
+    this.commands = this.redis.open('command', { lazyConnect: true });
+    this.blocking = this.redis.open('blocking', { lazyConnect: true });
     this.queue = new Queue(queue, { connection: this.commands });
     this.queue.on('error', (err) => this.log.debug({ err }, 'queue error'));
     this.dispatcher = new Dispatcher(this.options, (jobId, payload) => this.send(jobId, payload), this.log);
@@ -132,7 +137,7 @@ export class UserOpsClient {
   /** The error for a call that could not reach Redis, naming the real cause when one is known. */
   private unavailable(err: unknown): RedisUnavailableError {
     if (err instanceof RedisUnavailableError) return err;
-    const cause = this.commands.status === 'ready' ? err : (lastConnectionError(this.commands) ?? err);
+    const cause = this.commands.status === 'ready' ? err : (this.redis.lastError(this.commands) ?? err);
     return new RedisUnavailableError(redactUrl(this.options.redisUrl), cause);
   }
 
@@ -185,14 +190,12 @@ export class UserOpsClient {
 
   private async doClose(): Promise<void> {
     this.dispatcher.close();
-    const steps = [() => this.events?.close(), () => this.queue.close(), () => closeRedis(this.commands), () => closeRedis(this.blocking)];
-    for (const step of steps) {
-      try {
-        await step();
-      } catch (err) {
-        this.log.debug({ err }, 'error while closing');
-      }
-    }
+    // Connected, BullMQ closes in milliseconds; with Redis gone it may never return, so wait
+    // briefly and let the connections, which no longer reconnect, end on their own.
+    this.redis.stopReconnecting();
+    await settleWithin(this.events?.close(), CLOSE_DEADLINE_MS);
+    await settleWithin(this.queue.close(), CLOSE_DEADLINE_MS);
+    await this.redis.close();
   }
 
   /** `await using client = new UserOpsClient()` closes it at the end of the scope. */
