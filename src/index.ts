@@ -11,6 +11,7 @@ export {
   ErrorCode,
   JobFailedError,
   OpTimeoutError,
+  OverloadedError,
   RedisUnavailableError,
   UserExistsError,
   UserNotFoundError,

@@ -4,6 +4,7 @@ import { after, afterEach, before, beforeEach, describe, it } from 'node:test';
 import {
   ClientClosedError,
   OpTimeoutError,
+  OverloadedError,
   RedisUnavailableError,
   UserExistsError,
   UserNotFoundError,
@@ -154,6 +155,21 @@ describe('UserOpsClient when things are missing', () => {
     const started = Date.now();
     await client.close();
     assert.ok(Date.now() - started < 5000, `close took ${Date.now() - started} ms`);
+  });
+
+  it('bounds pending calls: past maxPendingCalls a call fails at once with OverloadedError', async () => {
+    const client = newClient(t, { redisUrl: redis.url, queue, timeoutMs: 10_000, maxPendingCalls: 5 });
+    const waiting = Array.from({ length: 5 }, (_, i) => client.getUser(`u${i}`));
+    await assert.rejects(client.getUser('one-too-many'), (err: unknown) => {
+      assert.ok(err instanceof OverloadedError);
+      assert.equal(err.code, 'OVERLOADED');
+      assert.match(err.message, /Too many calls pending \(5\)/);
+      return true;
+    });
+    assert.equal(client.pendingCount, 5);
+    await client.close();
+    for (const call of waiting) await assert.rejects(call, ClientClosedError);
+    assert.equal(client.pendingCount, 0);
   });
 
   it('rejects pending calls with ClientClosedError when closed', async () => {

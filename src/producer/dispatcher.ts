@@ -20,6 +20,7 @@ import {
   JobFailedError,
   type JobPayload,
   OpTimeoutError,
+  OverloadedError,
   parseResults,
   PROTOCOL_VERSION,
   type UserOpsError,
@@ -46,12 +47,15 @@ export interface DispatchLimits {
   maxBatchOps: number;
   maxBatchBytes: number;
   maxInFlightJobs: number;
+  maxPendingCalls: number;
 }
 
 /** The outbox, the in-flight job map and the rules that connect them. */
 export class Dispatcher {
   private readonly outbox: PendingCall[] = [];
   private readonly inFlight = new Map<string, PendingCall[]>();
+  /** Calls submitted and not yet settled; bounded by `maxPendingCalls`. */
+  private pending = 0;
   private sending = false;
   private closed = false;
 
@@ -63,14 +67,15 @@ export class Dispatcher {
 
   /** Calls not yet settled, queued or in flight. */
   get pendingCount(): number {
-    let n = this.outbox.length;
-    for (const calls of this.inFlight.values()) n += calls.filter((c) => !c.settled).length;
-    return n;
+    return this.pending;
   }
 
   /** Queues one validated op; the promise settles with its result or a typed error. */
   submit(wire: WireOp): Promise<unknown> {
     if (this.closed) return Promise.reject(new ClientClosedError());
+    // Memory stays bounded however fast callers submit: past the limit, fail fast and say so.
+    if (this.pending >= this.limits.maxPendingCalls) return Promise.reject(new OverloadedError(this.limits.maxPendingCalls));
+    this.pending++;
     return new Promise((resolve, reject) => {
       const call: PendingCall = {
         wire,
@@ -176,6 +181,7 @@ export class Dispatcher {
   private settle(call: PendingCall, err: UserOpsError | Error | undefined, value?: unknown): void {
     if (call.settled) return;
     call.settled = true;
+    this.pending--;
     clearTimeout(call.timer);
     if (err) call.reject(err);
     else call.resolve(value);

@@ -48,6 +48,12 @@ export interface ClientOptions {
    * @defaultValue 8
    */
   maxInFlightJobs?: number;
+  /**
+   * Most calls pending (queued or in flight) at once; a call beyond it rejects at once with
+   * `OverloadedError` instead of growing memory without bound.
+   * @defaultValue 10000
+   */
+  maxPendingCalls?: number;
 }
 
 const schema = z.strictObject({
@@ -59,6 +65,7 @@ const schema = z.strictObject({
   maxBatchOps: z.number().int().min(1).max(DEFAULT_MAX_OPS_PER_JOB).default(100),
   maxBatchBytes: z.number().int().min(1024).max(64 * 1024 * 1024).default(256 * 1024),
   maxInFlightJobs: z.number().int().min(1).max(1000).default(8),
+  maxPendingCalls: z.number().int().min(1).max(10_000_000).default(10_000),
 });
 
 /** Options after defaults and validation. */

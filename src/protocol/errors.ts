@@ -16,6 +16,7 @@ export const ErrorCode = {
   REDIS_UNAVAILABLE: 'REDIS_UNAVAILABLE',
   JOB_FAILED: 'JOB_FAILED',
   CLIENT_CLOSED: 'CLIENT_CLOSED',
+  OVERLOADED: 'OVERLOADED',
   INTERNAL: 'INTERNAL',
 } as const;
 
@@ -159,6 +160,18 @@ export class JobFailedError extends UserOpsError {
     reason: string,
   ) {
     super(ErrorCode.JOB_FAILED, `Job ${jobId} failed: ${reason}`, { jobId, reason });
+  }
+}
+
+/** The client already has its maximum of calls pending; nothing was sent. */
+export class OverloadedError extends UserOpsError {
+  /** @param limit - the client's `maxPendingCalls` */
+  constructor(readonly limit: number) {
+    super(
+      ErrorCode.OVERLOADED,
+      `Too many calls pending (${limit}); nothing was sent. Await some calls before making more, or raise maxPendingCalls.`,
+      { limit },
+    );
   }
 }
 
