@@ -107,6 +107,32 @@ describe('consumer', () => {
     assert.equal(consumer.database?.ledgerSize(), 1);
   });
 
+  it('commits waiting jobs as one group, in queue order, failing only the malformed one', async () => {
+    const db = t.add(tempDb(), (d) => d.cleanup());
+    const foreign = foreignProducer();
+    // Queued before any consumer runs, so the consumer finds them all waiting.
+    const jobs = [
+      { v: 1, ops: [create('g1')] },
+      { v: 1, ops: [{ op: 'user.update', args: { nickname: 'g1', fullName: 'Second' } }] },
+      { v: 99, ops: [create('never')] },
+      { v: 1, ops: [{ op: 'user.update', args: { nickname: 'g1', fullName: 'Third' } }, create('g2')] },
+    ];
+    const added = [];
+    for (const data of jobs) added.push(await foreign.q.add('x', data));
+    const lines: string[] = [];
+    const logger = pino({ level: 'debug' }, { write: (line: string) => void lines.push(line) });
+    const consumer = await startConsumer(t, { redisUrl: redis.url, queue, dbPath: db.dbPath, logger });
+    const connection = t.add(new Redis(redis.url, { maxRetriesPerRequest: null }), (c) => c.disconnect());
+    const events = t.add(new QueueEvents(queue, { connection }), (e) => e.close());
+    const outcomes = await Promise.allSettled(added.map((job) => job.waitUntilFinished(events, 10_000)));
+    assert.deepEqual(outcomes.map((o) => o.status), ['fulfilled', 'fulfilled', 'rejected', 'fulfilled']);
+    assert.equal(consumer.database?.getUser({ nickname: 'g1' }).fullName, 'Third', 'applied in queue order');
+    assert.equal(consumer.database?.countUsers(), 2);
+    const applied = lines.map((l) => JSON.parse(l) as { msg: string; groupJobs?: number }).filter((l) => l.msg === 'job applied');
+    assert.equal(applied.length, 3);
+    assert.ok(applied.every((l) => l.groupJobs === 4), 'the four waiting jobs were taken as one group');
+  });
+
   it('retries a job in place while SQLite is locked, then applies it once', async () => {
     const db = t.add(tempDb(), (d) => d.cleanup());
     const lines: string[] = [];
@@ -121,7 +147,7 @@ describe('consumer', () => {
     locker.exec('ROLLBACK');
     assert.equal((await call).nickname, 'patient');
     assert.equal(consumer.database?.countUsers(), 1);
-    assert.match(lines.find((l) => l.includes('SQLITE_BUSY')) ?? '', /retrying the job in place/);
+    assert.match(lines.find((l) => l.includes('SQLITE_BUSY')) ?? '', /retrying in place/);
   });
 
   it('refuses to start when Redis is unreachable, saying so, and closes twice safely', async () => {

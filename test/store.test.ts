@@ -3,7 +3,7 @@ import { afterEach, beforeEach, describe, it } from 'node:test';
 
 import Database from 'better-sqlite3';
 
-import { applyJob } from '../src/consumer/apply.js';
+import { applyJob, payloadHash } from '../src/consumer/apply.js';
 import { SCHEMA_VERSION } from '../src/consumer/migrations.js';
 import { Store } from '../src/consumer/store.js';
 import { UserExistsError, UserNotFoundError, ValidationError } from '../src/protocol/index.js';
@@ -57,6 +57,24 @@ describe('Store', () => {
     assert.throws(() => store.deleteUser({ nickname: 'nobody' }), UserNotFoundError);
   });
 
+  it('upgrades a schema 1 database, keeping its ledger rows replayable', () => {
+    store.close();
+    const v1 = new Database(db.dbPath);
+    v1.exec(`DROP TABLE users; DROP TABLE ledger;
+      CREATE TABLE users (id INTEGER PRIMARY KEY, nickname TEXT NOT NULL UNIQUE, full_name TEXT NOT NULL,
+        email TEXT NOT NULL, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL) STRICT;
+      CREATE TABLE ledger (job_id TEXT PRIMARY KEY, results TEXT NOT NULL, applied_at INTEGER NOT NULL) STRICT;
+      CREATE INDEX ledger_applied_at ON ledger (applied_at);
+      INSERT INTO ledger VALUES ('old-job', '[{"ok":true,"value":42}]', 1);
+      PRAGMA user_version = 1;`);
+    v1.close();
+    store = new Store(db.dbPath);
+    assert.equal(store.db.pragma('user_version', { simple: true }), SCHEMA_VERSION);
+    const replay = applyJob(store, 'old-job', { v: 1, ops: [create('x')] }, 1000);
+    assert.equal(replay.replayed, true);
+    assert.deepEqual(replay.results, [{ ok: true, value: 42 }]);
+  });
+
   it('keeps data and schema version across reopen, and refuses a newer schema', () => {
     store.createUser(bob, 0);
     store.close();
@@ -104,6 +122,18 @@ describe('applyJob', () => {
     assert.equal(store.ledgerSize(), 1);
   });
 
+  it('applies a reused job id with another payload as a new job', () => {
+    // BullMQ's default ids are a counter that restarts if Redis loses its data.
+    applyJob(store, '1', { v: 1, ops: [create('alice')] }, 1000);
+    const second = applyJob(store, '1', { v: 1, ops: [{ op: 'user.delete', args: { nickname: 'alice' } }] }, 1000);
+    assert.equal(second.replayed, false);
+    assert.equal(second.reusedId, true);
+    assert.equal(second.results[0]?.ok, true);
+    assert.equal(store.countUsers(), 0, 'the delete was applied, not answered with the create');
+    // And that second job is now the one a re-delivery replays.
+    assert.equal(applyJob(store, '1', { v: 1, ops: [{ op: 'user.delete', args: { nickname: 'alice' } }] }, 1000).replayed, true);
+  });
+
   it('rejects a malformed envelope before touching the database', () => {
     assert.throws(() => applyJob(store, 'bad', { v: 1, ops: 'x' }, 1000), ValidationError);
     assert.throws(() => applyJob(store, 'bad', { v: 1, ops: [create('a'), create('b')] }, 1), /at most 1 ops/);
@@ -128,7 +158,7 @@ describe('applyJob', () => {
     applyJob(store, 'old', { v: 1, ops: [create('o')] }, 1000, 1_000);
     applyJob(store, 'new', { v: 1, ops: [create('n')] }, 1000, 5_000);
     assert.equal(store.pruneLedger(2_000), 1);
-    assert.equal(store.ledgerGet('old'), undefined);
-    assert.ok(store.ledgerGet('new'));
+    assert.equal(store.ledgerGet('old', payloadHash([create('o')])), undefined);
+    assert.ok(store.ledgerGet('new', payloadHash([create('n')])));
   });
 });

@@ -1,11 +1,14 @@
 /**
  * Applies one job to the store: the heart of the single writer.
  *
- * All of a job's ops and its ledger row commit in one SQLite transaction (one fsync). Each op runs
+ * A job's ops and its ledger row commit in one SQLite transaction (one fsync), shared with the
+ * other jobs of its group when the consumer commits several at once. Each op runs
  * in its own savepoint, so a domain failure (not found, exists, invalid) rolls back that op alone
  * and becomes its result, while its neighbours commit. Any other error rolls back the whole job
  * and propagates: the caller decides whether to retry.
  */
+import { createHash } from 'node:crypto';
+
 import { ErrorCode, type Op, type OpResult, parseEnvelope, parseOp, UserOpsError } from '../protocol/index.js';
 import { isTransientSqliteError } from './sqlite-errors.js';
 import type { Store } from './store.js';
@@ -15,6 +18,8 @@ export interface Applied {
   results: OpResult[];
   /** True when the job had been applied before and its recorded results were returned. */
   replayed: boolean;
+  /** True when the ledger held another payload under this job id (Redis lost its data?). */
+  reusedId?: boolean;
 }
 
 function run(store: Store, op: Op, now: number): unknown {
@@ -32,20 +37,44 @@ function run(store: Store, op: Op, now: number): unknown {
   }
 }
 
+/** A job whose envelope has been validated, ready to apply. */
+export interface ValidJob {
+  id: string;
+  ops: unknown[];
+}
+
+/** Identifies what a job carried, so a re-used job id is not mistaken for a re-delivery. */
+export function payloadHash(ops: unknown[]): string {
+  return createHash('sha256').update(JSON.stringify(ops)).digest('base64url');
+}
+
 /**
- * Applies `data` (a job's payload) as job `jobId`, or returns the results recorded when that job
- * was applied before. Throws a `ValidationError` if the envelope is malformed (nothing is applied)
- * and rethrows storage errors after rolling back.
+ * Applies several jobs in one transaction (group commit: one fsync for all of them), in order.
+ * Each job is answered from the ledger if it was applied before, otherwise applied op by op and
+ * recorded. Rethrows storage errors after rolling everything back.
+ */
+export function applyJobs(store: Store, jobs: readonly ValidJob[], now = Date.now()): Applied[] {
+  return store.db
+    .transaction((): Applied[] =>
+      jobs.map((job) => {
+        const hash = payloadHash(job.ops);
+        const recorded = store.ledgerGet(job.id, hash);
+        if (recorded && 'results' in recorded) return { results: recorded.results, replayed: true };
+        const results = job.ops.map((raw) => applyOne(store, raw, now));
+        store.ledgerPut(job.id, hash, results, now);
+        return { results, replayed: false, reusedId: recorded !== undefined };
+      }),
+    )
+    .immediate();
+}
+
+/**
+ * Applies one job's data: validates the envelope (throwing a `ValidationError`, with nothing
+ * applied, if it is malformed), then {@link applyJobs}.
  */
 export function applyJob(store: Store, jobId: string, data: unknown, maxOps: number, now = Date.now()): Applied {
   const { ops } = parseEnvelope(data, maxOps);
-  return store.db.transaction((): Applied => {
-    const recorded = store.ledgerGet(jobId);
-    if (recorded) return { results: recorded, replayed: true };
-    const results = ops.map((raw) => applyOne(store, raw, now));
-    store.ledgerPut(jobId, results, now);
-    return { results, replayed: false };
-  }).immediate();
+  return applyJobs(store, [{ id: jobId, ops }], now)[0] as Applied;
 }
 
 function applyOne(store: Store, raw: unknown, now: number): OpResult {

@@ -24,6 +24,11 @@ const MIGRATIONS: readonly string[] = [
   ) STRICT;
   CREATE INDEX ledger_applied_at ON ledger (applied_at);
   `,
+  // 2: the ledger remembers what each job carried. A job id alone is not proof of the same job:
+  // BullMQ's default ids are a counter that starts again if Redis loses its data.
+  `
+  ALTER TABLE ledger ADD COLUMN payload_hash TEXT NOT NULL DEFAULT '';
+  `,
 ];
 
 /** The schema version this build writes. */

@@ -30,6 +30,12 @@ export interface ConsumerOptions {
    */
   maxOpsPerJob?: number;
   /**
+   * Most ops committed in one transaction when several jobs are waiting. Larger groups share one
+   * fsync among more ops; smaller ones bound how long one commit holds the consumer.
+   * @defaultValue 5000
+   */
+  maxOpsPerCommit?: number;
+  /**
    * How long ledger rows (job id -> results) are kept. A job re-delivered within this window is
    * answered from the ledger and applied nothing twice; keep it far longer than any retry horizon.
    * @defaultValue 7 days
@@ -66,6 +72,7 @@ const schema = z.strictObject({
   queue: queueNameSchema.default(DEFAULT_QUEUE),
   logger: loggerSchema.optional(),
   maxOpsPerJob: z.number().int().min(1).max(100_000).default(DEFAULT_MAX_OPS_PER_JOB),
+  maxOpsPerCommit: z.number().int().min(1).max(1_000_000).default(5000),
   ledgerRetentionMs: z.number().int().min(60_000, 'must be at least one minute').default(7 * 24 * HOUR),
   ledgerPruneIntervalMs: z.number().int().min(1000).default(HOUR),
   lockDurationMs: z.number().int().min(1000).max(600_000).default(10_000),
@@ -73,10 +80,17 @@ const schema = z.strictObject({
   startTimeoutMs: z.number().int().min(0).default(30_000),
 });
 
+// A commit blocked on a lock for busyTimeoutMs, plus the retry backoff (2 s), must fit inside
+// the job lock, or a consumer merely waiting on SQLite would look dead.
+const checked = schema.refine((o) => o.busyTimeoutMs + 2000 < o.lockDurationMs, {
+  path: ['busyTimeoutMs'],
+  message: 'must be less than lockDurationMs minus 2000',
+});
+
 /** Options after defaults and validation. */
 export type ResolvedConsumerOptions = z.output<typeof schema>;
 
 /** Applies defaults and validates; throws a `ConfigError` naming each bad option. */
 export function resolveConsumerOptions(options: ConsumerOptions): ResolvedConsumerOptions {
-  return parseWith(schema, options, 'consumer options', 'config');
+  return parseWith(checked, options, 'consumer options', 'config');
 }

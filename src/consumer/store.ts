@@ -78,9 +78,12 @@ export class Store {
         `SELECT ${USER_COLUMNS} FROM users WHERE nickname > ? ORDER BY nickname LIMIT ?`,
       ),
       count: this.db.prepare<[], { n: number }>('SELECT count(*) AS n FROM users'),
-      ledgerGet: this.db.prepare<[string], { results: string }>('SELECT results FROM ledger WHERE job_id = ?'),
-      ledgerPut: this.db.prepare<[string, string, number]>(
-        'INSERT INTO ledger (job_id, results, applied_at) VALUES (?, ?, ?)',
+      ledgerGet: this.db.prepare<[string], { results: string; payload_hash: string }>(
+        'SELECT results, payload_hash FROM ledger WHERE job_id = ?',
+      ),
+      // REPLACE: a reused id with another payload is another job, and its row supersedes the old.
+      ledgerPut: this.db.prepare<[string, string, string, number]>(
+        'INSERT OR REPLACE INTO ledger (job_id, payload_hash, results, applied_at) VALUES (?, ?, ?, ?)',
       ),
       ledgerPrune: this.db.prepare<[number]>('DELETE FROM ledger WHERE applied_at < ?'),
       ledgerCount: this.db.prepare<[], { n: number }>('SELECT count(*) AS n FROM ledger'),
@@ -129,15 +132,21 @@ export class Store {
     return (this.stmt.count.get() as { n: number }).n;
   }
 
-  /** The recorded results of a job already applied, or `undefined`. */
-  ledgerGet(jobId: string): OpResult[] | undefined {
+  /**
+   * What the ledger knows of `jobId`: nothing, the same job (its recorded results), or another
+   * job that had the same id (`{ reused: true }`).
+   */
+  ledgerGet(jobId: string, payloadHash: string): { results: OpResult[] } | { reused: true } | undefined {
     const row = this.stmt.ledgerGet.get(jobId);
-    return row ? (JSON.parse(row.results) as OpResult[]) : undefined;
+    if (!row) return undefined;
+    // Rows from schema 1 have no hash: trust the id, as schema 1 did.
+    if (row.payload_hash !== '' && row.payload_hash !== payloadHash) return { reused: true };
+    return { results: JSON.parse(row.results) as OpResult[] };
   }
 
   /** Records that `jobId` was applied with these results. Call inside the job's transaction. */
-  ledgerPut(jobId: string, results: OpResult[], now: number): void {
-    this.stmt.ledgerPut.run(jobId, JSON.stringify(results), now);
+  ledgerPut(jobId: string, payloadHash: string, results: OpResult[], now: number): void {
+    this.stmt.ledgerPut.run(jobId, payloadHash, JSON.stringify(results), now);
   }
 
   /** Deletes ledger rows applied before `before` (epoch ms); returns how many. */

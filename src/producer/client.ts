@@ -2,27 +2,15 @@
  * The producer library: typed calls that become jobs on the queue and promises that settle with
  * each op's own result.
  */
-import { Queue, QueueEvents } from 'bullmq';
-import type { Redis } from 'ioredis';
 import { type Logger, pino } from 'pino';
 
-import {
-  coerceError,
-  JOB_NAME,
-  type JobPayload,
-  type OpName,
-  type OpValues,
-  parseArgs,
-  RedisUnavailableError,
-  type User,
-  ValidationError,
-} from '../protocol/index.js';
-import { RedisConnections, redactUrl, settleWithin } from '../redis.js';
+import { coerceError, type OpName, type OpValues, parseArgs, type User, ValidationError } from '../protocol/index.js';
 import { Dispatcher } from './dispatcher.js';
+import { QueueLink } from './link.js';
 import { type ClientOptions, type ResolvedClientOptions, resolveClientOptions } from './options.js';
 
-/** Longest wait for each BullMQ close step; a healthy close takes milliseconds. */
-const CLOSE_DEADLINE_MS = 2000;
+/** A job in flight this long is looked up in Redis in case its completion event was missed. */
+const RECONCILE_AFTER_MS = 3000;
 
 /** Arguments of {@link UserOpsClient.createUser}. */
 export interface CreateUserInput {
@@ -48,7 +36,7 @@ export interface ListUsersInput {
 /**
  * Enqueues user operations for the single-writer consumer and resolves with their results.
  *
- * Connects on the first call. Every method validates its input before anything is sent and
+ * Connects on the first call (and keeps trying while Redis is down). Every method validates its input before anything is sent and
  * rejects with a {@link ValidationError} naming the field. `close()` is idempotent.
  *
  * @example
@@ -61,27 +49,23 @@ export interface ListUsersInput {
 export class UserOpsClient {
   private readonly options: ResolvedClientOptions;
   private readonly log: Logger;
-  private readonly redis: RedisConnections;
-  private readonly commands: Redis;
-  private readonly blocking: Redis;
-  private readonly queue: Queue;
+  private readonly link: QueueLink;
   private readonly dispatcher: Dispatcher;
-  private events?: QueueEvents;
-  private connecting?: Promise<void>;
+  private readonly reconciler: NodeJS.Timeout;
   private closing?: Promise<void>;
 
   /** @param options - validated here; throws `ConfigError` naming the bad option */
   constructor(options: ClientOptions = {}) {
     this.options = resolveClientOptions(options);
-    const { redisUrl, queue } = this.options;
-    this.log = (this.options.logger ?? pino({ level: 'silent' })).child({ component: 'client', queue });
-    // Lazy: a client that is never used never opens a socket.
-    this.redis = new RedisConnections(redisUrl, this.log);
-    this.commands = this.redis.open('command', { lazyConnect: true });
-    this.blocking = this.redis.open('blocking', { lazyConnect: true });
-    this.queue = new Queue(queue, { connection: this.commands });
-    this.queue.on('error', (err) => this.log.debug({ err }, 'queue error'));
-    this.dispatcher = new Dispatcher(this.options, (jobId, payload) => this.send(jobId, payload), this.log);
+    this.log = (this.options.logger ?? pino({ level: 'silent' })).child({ component: 'client', queue: this.options.queue });
+    this.dispatcher = new Dispatcher(this.options, (jobId, payload) => this.link.add(jobId, payload), this.log);
+    this.link = new QueueLink(this.options, this.dispatcher, this.log);
+    // Events can be missed (a reconnect, a trimmed stream): jobs in flight for a while are looked
+    // up in Redis directly, so no call waits for an event that will never come.
+    this.reconciler = setInterval(() => {
+      this.link.reconcile(this.dispatcher.jobIdsOlderThan(RECONCILE_AFTER_MS)).catch((err: unknown) => this.log.debug({ err }, 'reconcile failed'));
+    }, RECONCILE_AFTER_MS);
+    this.reconciler.unref();
   }
 
   /** Creates a user. Rejects with `UserExistsError` if the nickname is taken. */
@@ -125,60 +109,6 @@ export class UserOpsClient {
     }
   }
 
-  private async send(jobId: string, payload: JobPayload): Promise<void> {
-    await this.ready();
-    try {
-      await this.queue.add(JOB_NAME, payload, { jobId, attempts: 3, backoff: { type: 'exponential', delay: 1000 } });
-    } catch (err) {
-      throw this.unavailable(err);
-    }
-  }
-
-  /** The error for a call that could not reach Redis, naming the real cause when one is known. */
-  private unavailable(err: unknown): RedisUnavailableError {
-    if (err instanceof RedisUnavailableError) return err;
-    const cause = this.commands.status === 'ready' ? err : (this.redis.lastError(this.commands) ?? err);
-    return new RedisUnavailableError(redactUrl(this.options.redisUrl), cause);
-  }
-
-  /** Resolves once Redis answers and completion events are being read, or rejects in time. */
-  private async ready(): Promise<void> {
-    if (!this.connecting) {
-      const connecting = this.connect();
-      this.connecting = connecting;
-      // A failed attempt is forgotten so the next call tries again.
-      connecting.catch(() => {
-        if (this.connecting === connecting) this.connecting = undefined;
-      });
-    }
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      const ms = this.options.connectTimeoutMs;
-      timer = setTimeout(() => reject(this.unavailable(new Error(`no connection within ${ms} ms`))), ms);
-    });
-    try {
-      await Promise.race([this.connecting, timeout]);
-    } catch (err) {
-      throw this.unavailable(err);
-    } finally {
-      clearTimeout(timer);
-    }
-  }
-
-  private async connect(): Promise<void> {
-    await this.queue.waitUntilReady();
-    // Read events from the stream's current end, fixed now, before the first job is added: a
-    // QueueEvents left to start at '$' could miss a job that finishes before its first XREAD.
-    const [last] = await this.commands.xrevrange(this.queue.keys.events as string, '+', '-', 'COUNT', 1);
-    const events = new QueueEvents(this.options.queue, { connection: this.blocking, lastEventId: last?.[0] ?? '0-0' });
-    this.events = events;
-    events.on('completed', ({ jobId, returnvalue }) => this.dispatcher.completed(jobId, returnvalue));
-    events.on('failed', ({ jobId, failedReason }) => this.dispatcher.failed(jobId, failedReason));
-    events.on('error', (err) => this.log.warn({ err }, 'queue events error'));
-    await events.waitUntilReady();
-    this.log.debug({ redis: redactUrl(this.options.redisUrl), lastEventId: last?.[0] }, 'client connected');
-  }
-
   /**
    * Rejects calls still pending with `ClientClosedError` and closes the Redis connections.
    * Safe to call twice. Await your calls first if you want their results.
@@ -189,13 +119,9 @@ export class UserOpsClient {
   }
 
   private async doClose(): Promise<void> {
+    clearInterval(this.reconciler);
     this.dispatcher.close();
-    // Connected, BullMQ closes in milliseconds; with Redis gone it may never return, so wait
-    // briefly and let the connections, which no longer reconnect, end on their own.
-    this.redis.stopReconnecting();
-    await settleWithin(this.events?.close(), CLOSE_DEADLINE_MS);
-    await settleWithin(this.queue.close(), CLOSE_DEADLINE_MS);
-    await this.redis.close();
+    await this.link.close();
   }
 
   /** `await using client = new UserOpsClient()` closes it at the end of the scope. */

@@ -23,6 +23,7 @@ import {
   OverloadedError,
   parseResults,
   PROTOCOL_VERSION,
+  RedisUnavailableError,
   type UserOpsError,
   type WireOp,
 } from '../protocol/index.js';
@@ -38,7 +39,10 @@ interface PendingCall {
   settled: boolean;
 }
 
-/** Sends one job; rejects with the error to give its calls if it was not enqueued. */
+/**
+ * Sends one job. Rejects with `RedisUnavailableError` when the job certainly was not enqueued;
+ * any other rejection means it may have been, and its calls stay in flight.
+ */
 export type SendJob = (jobId: string, payload: JobPayload) => Promise<void>;
 
 /** Limits of the dispatcher; see `ClientOptions`. */
@@ -54,6 +58,7 @@ export interface DispatchLimits {
 export class Dispatcher {
   private readonly outbox: PendingCall[] = [];
   private readonly inFlight = new Map<string, PendingCall[]>();
+  private readonly inFlightSince = new Map<string, number>();
   /** Calls submitted and not yet settled; bounded by `maxPendingCalls`. */
   private pending = 0;
   private sending = false;
@@ -99,11 +104,19 @@ export class Dispatcher {
     this.inFlight.set(jobId, calls);
     this.sending = true;
     const payload: JobPayload = { v: PROTOCOL_VERSION, ops: calls.map((c) => c.wire) };
+    this.inFlightSince.set(jobId, Date.now());
     this.send(jobId, payload)
       .catch((err: unknown) => {
-        // Not enqueued: nothing will run, so every call learns why now.
-        this.inFlight.delete(jobId);
-        for (const call of calls) this.settle(call, err as Error);
+        if (!(err instanceof RedisUnavailableError)) {
+          // Maybe enqueued: its outcome may still arrive (event or reconcile), else the timeout
+          // says applied: "unknown". Failing it now could make a caller retry an applied op.
+          this.log.warn({ jobId, err }, 'adding a job failed after it may have reached Redis');
+          return;
+        }
+        // Not enqueued, and Redis is unreachable: every call waiting to be sent fails with it
+        // now, instead of each waiting its turn to learn the same thing.
+        this.finish(jobId);
+        for (const call of [...calls, ...this.outbox.splice(0)]) this.settle(call, err);
       })
       .finally(() => {
         this.sending = false;
@@ -128,7 +141,7 @@ export class Dispatcher {
     return batch;
   }
 
-  /** A job completed: hand each call its own result. */
+  /** A job completed: hand each call its own result. (`Outcomes` for the link.) */
   completed(jobId: string, returnValue: unknown): void {
     const calls = this.finish(jobId);
     if (!calls) return;
@@ -153,15 +166,17 @@ export class Dispatcher {
     for (const call of calls) this.settle(call, err);
   }
 
-  /** Job ids in flight; for reconciling after missed events. */
-  jobIds(): string[] {
-    return [...this.inFlight.keys()];
+  /** Jobs in flight for longer than `ms`: candidates for reconciling after missed events. */
+  jobIdsOlderThan(ms: number): string[] {
+    const before = Date.now() - ms;
+    return [...this.inFlightSince].filter(([, since]) => since < before).map(([id]) => id);
   }
 
   private finish(jobId: string): PendingCall[] | undefined {
     const calls = this.inFlight.get(jobId);
     if (!calls) return undefined;
     this.inFlight.delete(jobId);
+    this.inFlightSince.delete(jobId);
     queueMicrotask(() => this.pump());
     return calls;
   }
@@ -195,6 +210,7 @@ export class Dispatcher {
     const stranded = [...this.outbox, ...[...this.inFlight.values()].flat()];
     this.outbox.length = 0;
     this.inFlight.clear();
+    this.inFlightSince.clear();
     for (const call of stranded) this.settle(call, err);
     if (stranded.length > 0) this.log.debug({ calls: stranded.length }, 'client closed with calls pending');
   }

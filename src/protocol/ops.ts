@@ -102,7 +102,8 @@ export function parseOp(raw: unknown): Op {
   const keys = Object.keys(raw);
   const extra = keys.filter((k) => k !== 'op' && k !== 'args');
   if (extra.length > 0) {
-    throw new ValidationError([{ path: '', message: `unknown key(s) ${extra.join(', ')} (an op is { op, args })` }]);
+    const shown = extra.slice(0, 5).join(', ').slice(0, 200) + (extra.length > 5 ? ` and ${extra.length - 5} more` : '');
+    throw new ValidationError([{ path: '', message: `unknown key(s) ${shown} (an op is { op, args })` }]);
   }
   const { op, args } = raw as { op?: unknown; args?: unknown };
   if (!isOpName(op)) {

@@ -29,7 +29,12 @@ function valueAt(input: unknown, path: readonly PropertyKey[]): unknown {
 export function toIssues(error: z.ZodError, input: unknown): ValidationIssue[] {
   return error.issues.map((issue) => {
     const path = issue.path.map(String).join('.');
-    if (issue.code === 'unrecognized_keys') return { path, message: `unknown key(s) ${issue.keys.join(', ')}` };
+    if (issue.code === 'unrecognized_keys') {
+      // Hostile input can carry thousands of keys; name a few, count the rest.
+      const shown = issue.keys.slice(0, 5).map((k) => describeValue(k).slice(1, -1)).join(', ');
+      const more = issue.keys.length > 5 ? ` and ${issue.keys.length - 5} more` : '';
+      return { path, message: `unknown key(s) ${shown}${more}` };
+    }
     return { path, message: `${issue.message} (got ${describeValue(valueAt(input, issue.path))})` };
   });
 }

@@ -1,0 +1,164 @@
+/**
+ * The client's link to Redis: its connections, the BullMQ Queue it adds to, and the one
+ * QueueEvents reader whose completion events settle every call.
+ *
+ * Nothing is opened until the first call. Connections are not lazy once opened: ioredis keeps
+ * retrying by itself and BullMQ's setup waits for it, so a client created while Redis is down
+ * starts working when Redis comes up. Each call waits for that at most `connectTimeoutMs`.
+ */
+import { type Job, Queue, QueueEvents } from 'bullmq';
+import type { Redis } from 'ioredis';
+import type { Logger } from 'pino';
+
+import { JOB_NAME, type JobPayload, RedisUnavailableError } from '../protocol/index.js';
+import { RedisConnections, redactUrl, settleWithin } from '../redis.js';
+
+/** Longest wait for each BullMQ close step; a healthy close takes milliseconds. */
+const CLOSE_DEADLINE_MS = 2000;
+
+/** Where a finished job's outcome goes. */
+export interface Outcomes {
+  completed(jobId: string, returnValue: unknown): void;
+  failed(jobId: string, reason: string): void;
+}
+
+interface Parts {
+  redis: RedisConnections;
+  commands: Redis;
+  queue: Queue;
+  events?: QueueEvents;
+}
+
+/** An add that may have reached Redis before its connection failed: the job may exist. */
+export class MaybeEnqueuedError extends Error {}
+
+/** Connections, queue and events reader of one client. */
+export class QueueLink {
+  private parts?: Parts;
+  private connecting?: Promise<Parts>;
+  private closed = false;
+
+  constructor(
+    private readonly options: { redisUrl: string; queue: string; connectTimeoutMs: number },
+    private readonly outcomes: Outcomes,
+    private readonly log: Logger,
+  ) {}
+
+  /** Adds a job. Throws `RedisUnavailableError` only when it certainly was not enqueued. */
+  async add(jobId: string, payload: JobPayload): Promise<void> {
+    const { commands, queue } = await this.ready();
+    if (commands.status !== 'ready') throw this.unavailable(undefined);
+    try {
+      // No attempts: the consumer retries transient errors in place, keeping the job's turn; a
+      // BullMQ retry would run it after later jobs, and other failures are deterministic.
+      await queue.add(JOB_NAME, payload, { jobId });
+    } catch (err) {
+      // ioredis refused to send it (no offline queue): nothing reached Redis.
+      if (err instanceof Error && /enableOfflineQueue/.test(err.message)) throw this.unavailable(err);
+      throw new MaybeEnqueuedError(err instanceof Error ? err.message : String(err));
+    }
+  }
+
+  /** Reads finished jobs among `jobIds` straight from Redis and reports their outcomes. */
+  async reconcile(jobIds: string[]): Promise<void> {
+    const parts = this.parts;
+    if (!parts || parts.commands.status !== 'ready' || jobIds.length === 0) return;
+    const jobs = await Promise.all(jobIds.map((id) => parts.queue.getJob(id).catch(() => undefined)));
+    for (const job of jobs as (Job | undefined)[]) {
+      if (!job?.id || !job.finishedOn) continue;
+      this.log.debug({ jobId: job.id }, 'settled a call from the job itself (its event was missed)');
+      if (job.failedReason && (await job.isFailed())) this.outcomes.failed(job.id, job.failedReason);
+      else this.outcomes.completed(job.id, job.returnvalue);
+    }
+  }
+
+  /** The connected parts, or `RedisUnavailableError` after `connectTimeoutMs`. */
+  private async ready(): Promise<Parts> {
+    if (this.parts) return this.parts;
+    if (!this.connecting) {
+      const connecting = this.connect();
+      this.connecting = connecting;
+      // A failed attempt is forgotten so the next call tries again.
+      connecting.catch(() => {
+        if (this.connecting === connecting) this.connecting = undefined;
+      });
+    }
+    let timer: NodeJS.Timeout | undefined;
+    const ms = this.options.connectTimeoutMs;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(this.unavailable(new Error(`no connection within ${ms} ms`))), ms);
+    });
+    try {
+      return await Promise.race([this.connecting, timeout]);
+    } catch (err) {
+      throw this.unavailable(err);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  private async connect(): Promise<Parts> {
+    const redis = new RedisConnections(this.options.redisUrl, this.log);
+    const commands = redis.open('command');
+    const queue = new Queue(this.options.queue, { connection: commands });
+    queue.on('error', (err) => this.log.debug({ err }, 'queue error'));
+    const parts: Parts = { redis, commands, queue };
+    this.attempt = parts;
+    const stillWanted = () => {
+      if (this.closed) throw new Error('client closed while connecting');
+    };
+    try {
+      await queue.waitUntilReady();
+      stillWanted();
+      // Read events from the stream's current end, fixed now, before the first job is added: a
+      // QueueEvents left to start at '$' could miss a job that finishes before its first XREAD.
+      const [last] = await commands.xrevrange(queue.keys.events as string, '+', '-', 'COUNT', 1);
+      stillWanted();
+      // QueueEvents reads through its own duplicate of this connection, which copies its options
+      // (retry strategy included); the original need never connect.
+      const blocking = redis.open('blocking', { lazyConnect: true });
+      const events = new QueueEvents(this.options.queue, { connection: blocking, lastEventId: last?.[0] ?? '0-0' });
+      parts.events = events;
+      events.on('completed', ({ jobId, returnvalue }) => this.outcomes.completed(jobId, returnvalue));
+      events.on('failed', ({ jobId, failedReason }) => this.outcomes.failed(jobId, failedReason));
+      events.on('error', (err) => this.log.warn({ err }, 'queue events error'));
+      await events.waitUntilReady();
+      stillWanted();
+      this.parts = parts;
+      this.log.debug({ redis: redactUrl(this.options.redisUrl), lastEventId: last?.[0] }, 'client connected');
+      return parts;
+    } catch (err) {
+      await this.teardown(parts);
+      throw err;
+    }
+  }
+
+  /** The newest connection attempt, for the cause of an outage. */
+  private attempt?: Parts;
+
+  private unavailable(err: unknown): RedisUnavailableError {
+    if (err instanceof RedisUnavailableError) return err;
+    const commands = this.attempt?.commands;
+    const known = commands && commands.status !== 'ready' ? this.attempt?.redis.lastError(commands) : undefined;
+    return new RedisUnavailableError(redactUrl(this.options.redisUrl), known ?? err);
+  }
+
+  private async teardown(parts: Parts): Promise<void> {
+    // With Redis gone BullMQ's close may never return (BullMQ #4656): stop reconnecting so the
+    // connections end on their own, and wait for each step only briefly.
+    parts.redis.stopReconnecting();
+    await settleWithin(parts.events?.close(), CLOSE_DEADLINE_MS);
+    await settleWithin(parts.queue.close(), CLOSE_DEADLINE_MS);
+    await parts.redis.close();
+  }
+
+  /** Closes whatever is open or opening. Idempotent. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    const parts = this.parts ?? this.attempt;
+    this.parts = undefined;
+    if (parts) await this.teardown(parts);
+    await settleWithin(this.connecting, CLOSE_DEADLINE_MS);
+  }
+}

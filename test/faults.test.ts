@@ -1,0 +1,76 @@
+import assert from 'node:assert/strict';
+import { afterEach, beforeEach, describe, it } from 'node:test';
+
+import { Redis } from 'ioredis';
+
+import { RedisUnavailableError } from '../src/index.js';
+import { newClient, plainQueue, queueName, startConsumer, Teardown, tempDb } from './helpers/fixtures.js';
+import { TestRedis } from './helpers/redis-server.js';
+
+let t: Teardown;
+let queue: string;
+
+beforeEach(() => {
+  t = new Teardown();
+  queue = queueName();
+});
+afterEach(() => t.run());
+
+const user = (nickname: string) => ({ nickname, fullName: 'F', email: `${nickname}@example.com` });
+
+async function until(what: string, check: () => Promise<boolean>, ms = 15_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+describe('faults', () => {
+  it('a client created while Redis is down works once Redis is back; the consumer rides out the restart', async () => {
+    const redis = t.add(await TestRedis.start(), (r) => r.stop());
+    const db = t.add(tempDb(), (d) => d.cleanup());
+    const consumer = await startConsumer(t, { redisUrl: redis.url, queue, dbPath: db.dbPath });
+    await redis.kill();
+
+    const client = newClient(t, { redisUrl: redis.url, queue, connectTimeoutMs: 500, timeoutMs: 10_000 });
+    await assert.rejects(client.createUser(user('early')), RedisUnavailableError);
+    await redis.restart();
+    // The same client, with no restart of its own, now gets through; the consumer resumed by itself.
+    await until('the client to get through', async () => {
+      try {
+        await client.createUser(user('later'));
+        return true;
+      } catch (err) {
+        if (err instanceof RedisUnavailableError) return false;
+        throw err;
+      }
+    });
+    assert.equal((await client.getUser('later')).nickname, 'later');
+    assert.equal(consumer.database?.countUsers(), 1, 'the rejected call was never applied');
+  });
+
+  it('settles a call whose completion event was lost, by reading the job from Redis', async () => {
+    const redis = t.add(await TestRedis.start(), (r) => r.stop());
+    const db = t.add(tempDb(), (d) => d.cleanup());
+    const client = newClient(t, { redisUrl: redis.url, queue, timeoutMs: 30_000 });
+    const probe = plainQueue(t, redis.url, queue);
+    const call = client.createUser(user('lost'));
+    await until('the job to be queued', async () => (await probe.getWaitingCount()) === 1);
+
+    // Cut the client's events reader (BullMQ waits 5 s before reading again)...
+    const admin = t.add(new Redis(redis.url), (r) => r.disconnect());
+    const list = (await admin.client('LIST')) as string;
+    const readers = list.split('\n').filter((l) => l.includes('cmd=xread'));
+    assert.ok(readers.length > 0, 'found the events reader');
+    for (const line of readers) await admin.client('KILL', 'ID', /id=(\d+)/.exec(line)?.[1] ?? '');
+    // ...let the job complete, and trim the event away before the reader is back.
+    await startConsumer(t, { redisUrl: redis.url, queue, dbPath: db.dbPath });
+    await until('the job to complete', async () => (await probe.getCompletedCount()) === 1);
+    await admin.xtrim(`bull:${queue}:events`, 'MAXLEN', 0);
+
+    const started = Date.now();
+    assert.equal((await call).nickname, 'lost');
+    assert.ok(Date.now() - started < 15_000, 'settled by reconciliation, long before the 30 s timeout');
+  });
+});
