@@ -80,8 +80,7 @@ export function applyJob(store: Store, jobId: string, data: unknown, maxOps: num
 function applyOne(store: Store, raw: unknown, now: number): OpResult {
   try {
     const op = parseOp(raw);
-    // A nested better-sqlite3 transaction is a SAVEPOINT: rolled back alone if the op throws.
-    const value = store.db.transaction(() => run(store, op, now))();
+    const value = store.inSavepoint(() => run(store, op, now));
     return { ok: true, value };
   } catch (err) {
     if (err instanceof UserOpsError) return { ok: false, error: err.toWire() };

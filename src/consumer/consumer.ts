@@ -31,6 +31,9 @@ const RETRY_MAX_MS = 2000;
 /** How long `close()` waits for the group in hand; inside the CLI's 9 s shutdown deadline. */
 const DRAIN_DEADLINE_MS = 7000;
 
+/** Jobs fetched per round trip while gathering a group. */
+const FETCH_ROUND = 16;
+
 type ValidJob = { job: Job<unknown, JobResults>; ops: unknown[] };
 
 /** Ops in a job's data, for sizing a group before it is validated. */
@@ -56,8 +59,10 @@ export class UserOpsConsumer {
   /** The lock owner of every job this consumer takes. */
   private readonly token = randomUUID();
   private loopDone?: Promise<void>;
-  /** The group being committed and acknowledged, which `close()` lets finish. */
+  /** The group being committed, which `close()` lets finish. */
   private inHand?: Promise<void>;
+  /** Acknowledgements still on their way to Redis; `close()` waits for these too. */
+  private readonly acking = new Set<Promise<void>>();
   private pruneTimer?: NodeJS.Timeout;
   private starting?: Promise<void>;
   private closing?: Promise<void>;
@@ -148,10 +153,11 @@ export class UserOpsConsumer {
   private async loop(worker: Worker<unknown, JobResults>): Promise<void> {
     for (let failures = 0; !this.stopping.signal.aborted; ) {
       try {
+        const waitStarted = performance.now();
         const group = await this.takeGroup(worker);
         // A group taken is committed even if close() began meanwhile: its jobs are locked to us.
         if (group.length > 0) {
-          this.inHand = this.commitGroup(group);
+          this.inHand = this.commitGroup(group, performance.now() - waitStarted);
           await this.inHand;
         }
         failures = 0;
@@ -170,16 +176,21 @@ export class UserOpsConsumer {
     if (!first) return [];
     const group = [first];
     let ops = opCount(first.data);
-    while (ops < this.options.maxOpsPerCommit) {
-      const next = await worker.getNextJob(this.token, { block: false });
-      if (!next) break;
-      group.push(next);
-      ops += opCount(next.data);
+    // Several fetches at once, one round trip for all: they run in order in Redis and resolve in
+    // that order, so the group keeps queue order. A round that comes back short means drained.
+    for (let round = FETCH_ROUND; ops < this.options.maxOpsPerCommit; ) {
+      const fetched = await Promise.all(Array.from({ length: round }, () => worker.getNextJob(this.token, { block: false })));
+      const jobs = fetched.filter((job) => job !== undefined);
+      for (const job of jobs) {
+        group.push(job);
+        ops += opCount(job.data);
+      }
+      if (jobs.length < round) break;
     }
     return group;
   }
 
-  private async commitGroup(group: Job<unknown, JobResults>[]): Promise<void> {
+  private async commitGroup(group: Job<unknown, JobResults>[], takeMs: number): Promise<void> {
     const started = performance.now();
     const acks: Promise<unknown>[] = [];
     const valid: ValidJob[] = [];
@@ -206,12 +217,18 @@ export class UserOpsConsumer {
       this.log.debug({ jobId: job.id, ops: results.length, failed: results.filter((r) => !r.ok).length, replayed, groupJobs: group.length, ms }, replayed ? 'job replayed from ledger' : 'job applied');
       acks.push(job.moveToCompleted({ results }, this.token, false));
     });
-    for (const ack of await Promise.allSettled(acks)) {
-      if (ack.status === 'rejected') {
-        // Committed but not acknowledged: the job will be re-delivered and answered from the ledger.
-        this.log.warn({ err: coerceError(ack.reason) }, 'could not acknowledge a job; it will be re-delivered');
+    this.log.debug({ jobs: group.length, takeMs: Number(takeMs.toFixed(3)), applyMs: ms }, 'group committed');
+    // The group is durable: the next one can be taken while these acknowledgements travel.
+    const acking = Promise.allSettled(acks).then((acked) => {
+      this.acking.delete(acking);
+      for (const ack of acked) {
+        if (ack.status === 'rejected') {
+          // Committed but not acknowledged: the job will be re-delivered and answered from the ledger.
+          this.log.warn({ err: coerceError(ack.reason) }, 'could not acknowledge a job; it will be re-delivered');
+        }
       }
-    }
+    });
+    this.acking.add(acking);
   }
 
   /**
@@ -284,7 +301,8 @@ export class UserOpsConsumer {
     // has its ledger row, so its re-delivery after restart is answered without applying twice.
     const redisUp = this.connection?.status === 'ready';
     if (!redisUp) this.redis?.stopReconnecting();
-    const drained = await settleWithin(this.inHand, redisUp ? DRAIN_DEADLINE_MS : 1000);
+    const inHand = this.inHand?.then(() => Promise.all(this.acking));
+    const drained = await settleWithin(inHand, redisUp ? DRAIN_DEADLINE_MS : 1000);
     if (!drained) this.log.warn('the group in hand did not finish in time; it will be re-delivered');
     // Closing the worker also ends a fetch the loop may be blocked in.
     await settleWithin(this.worker?.close(), redisUp ? 2000 : 1000);

@@ -87,7 +87,31 @@ export class Store {
       ),
       ledgerPrune: this.db.prepare<[number]>('DELETE FROM ledger WHERE applied_at < ?'),
       ledgerCount: this.db.prepare<[], { n: number }>('SELECT count(*) AS n FROM ledger'),
+      savepoint: this.db.prepare('SAVEPOINT op'),
+      release: this.db.prepare('RELEASE op'),
+      rollbackTo: this.db.prepare('ROLLBACK TO op'),
     };
+  }
+
+  /**
+   * Runs `fn` in a savepoint of the current transaction: if it throws, its changes alone are
+   * rolled back. Prepared SAVEPOINT statements cost about a seventh of a nested
+   * `db.transaction()`, which matters at one per op.
+   */
+  inSavepoint<T>(fn: () => T): T {
+    this.stmt.savepoint.run();
+    try {
+      const value = fn();
+      this.stmt.release.run();
+      return value;
+    } catch (err) {
+      // Some errors (SQLITE_FULL, SQLITE_IOERR...) end the whole transaction, savepoint and all.
+      if (this.db.inTransaction) {
+        this.stmt.rollbackTo.run();
+        this.stmt.release.run();
+      }
+      throw err;
+    }
   }
 
   /** Creates a user; throws {@link UserExistsError} if the nickname is taken. */

@@ -45,7 +45,7 @@ export interface ClientOptions {
   maxBatchBytes?: number;
   /**
    * Most jobs of this client in flight at once; further calls wait and are batched.
-   * @defaultValue 8
+   * @defaultValue 4
    */
   maxInFlightJobs?: number;
   /**
@@ -64,7 +64,7 @@ const schema = z.strictObject({
   logger: loggerSchema.optional(),
   maxBatchOps: z.number().int().min(1).max(DEFAULT_MAX_OPS_PER_JOB).default(100),
   maxBatchBytes: z.number().int().min(1024).max(64 * 1024 * 1024).default(256 * 1024),
-  maxInFlightJobs: z.number().int().min(1).max(1000).default(8),
+  maxInFlightJobs: z.number().int().min(1).max(1000).default(4),
   maxPendingCalls: z.number().int().min(1).max(10_000_000).default(10_000),
 });
 
