@@ -31,8 +31,8 @@ export interface ConsumerOptions {
   maxOpsPerJob?: number;
   /**
    * Most ops committed in one transaction when several jobs are waiting. Larger groups share one
-   * fsync among more ops; smaller ones bound how long one commit holds the consumer.
-   * @defaultValue 5000
+   * fsync among more ops; smaller ones bound how long one commit holds the consumer, and its memory.
+   * @defaultValue 2000
    */
   maxOpsPerCommit?: number;
   /**
@@ -72,7 +72,7 @@ const schema = z.strictObject({
   queue: queueNameSchema.default(DEFAULT_QUEUE),
   logger: loggerSchema.optional(),
   maxOpsPerJob: z.number().int().min(1).max(100_000).default(DEFAULT_MAX_OPS_PER_JOB),
-  maxOpsPerCommit: z.number().int().min(1).max(1_000_000).default(5000),
+  maxOpsPerCommit: z.number().int().min(1).max(1_000_000).default(2000),
   ledgerRetentionMs: z.number().int().min(60_000, 'must be at least one minute').default(7 * 24 * HOUR),
   ledgerPruneIntervalMs: z.number().int().min(1000).default(HOUR),
   lockDurationMs: z.number().int().min(1000).max(600_000).default(10_000),

@@ -57,6 +57,10 @@ export class Store {
       this.db.pragma('synchronous = FULL');
       this.db.pragma('foreign_keys = ON');
       this.db.pragma(`busy_timeout = ${Math.trunc(busyTimeoutMs)}`);
+      // Checkpoint every ~40 MB of WAL instead of ~4 MB: random updates on a large table dirty a
+      // page each, and frequent checkpoints made per-op cost grow with the table (measured:
+      // update at 1M rows 2.0x its cost at 1k rows by default, 1.2-1.4x with this).
+      this.db.pragma('wal_autocheckpoint = 10000');
       migrate(this.db);
     } catch (err) {
       this.db.close();

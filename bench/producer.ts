@@ -1,0 +1,134 @@
+/**
+ * One benchmark producer process: C concurrent callers issuing a mix of ops for a fixed time,
+ * through the userops client or through the per-op baseline (one BullMQ job per op,
+ * `waitUntilFinished`). Reports an HDR latency histogram to the parent over IPC.
+ */
+import { Queue, QueueEvents } from 'bullmq';
+import * as hdr from 'hdr-histogram-js';
+import { Redis } from 'ioredis';
+
+import { UserOpsClient } from '../src/index.js';
+
+/** What the parent asks of a producer. */
+export interface ProducerTask {
+  system: 'userops' | 'baseline';
+  redisUrl: string;
+  queue: string;
+  id: number;
+  concurrency: number;
+  durationMs: number;
+  /** Percentages of create, get and update. */
+  mix: { create: number; get: number; update: number };
+}
+
+/** What a producer reports back. */
+export interface ProducerReport {
+  ops: number;
+  errors: number;
+  histogram: string;
+  elapsedMs: number;
+}
+
+type Call = (op: string, args: Record<string, unknown>) => Promise<unknown>;
+
+function useropsCaller(task: ProducerTask): { call: Call; close: () => Promise<void> } {
+  const client = new UserOpsClient({ redisUrl: task.redisUrl, queue: task.queue, timeoutMs: 120_000, maxPendingCalls: 1_000_000 });
+  const call: Call = (op, args) => {
+    switch (op) {
+      case 'user.create':
+        return client.createUser(args as never);
+      case 'user.get':
+        return client.getUser(args.nickname as string);
+      default:
+        return client.updateUser(args.nickname as string, { fullName: args.fullName as string });
+    }
+  };
+  return { call, close: () => client.close() };
+}
+
+async function baselineCaller(task: ProducerTask): Promise<{ call: Call; close: () => Promise<void> }> {
+  const connection = new Redis(task.redisUrl, { maxRetriesPerRequest: null });
+  const queue = new Queue(task.queue, { connection });
+  const events = new QueueEvents(task.queue, { connection: connection.duplicate() });
+  // waitUntilFinished adds listeners per call: the straightforward design this baseline measures.
+  events.setMaxListeners(0);
+  queue.setMaxListeners(0);
+  await events.waitUntilReady();
+  const call: Call = async (op, args) => {
+    // Completed jobs must outlive waitUntilFinished's state check, or a fast job is never seen finishing.
+    const job = await queue.add(op, { op, args }, { removeOnComplete: { count: 10_000 }, removeOnFail: { count: 10_000 } });
+    return job.waitUntilFinished(events);
+  };
+  return {
+    call,
+    close: async () => {
+      await events.close();
+      await queue.close();
+      connection.disconnect();
+    },
+  };
+}
+
+async function run(task: ProducerTask): Promise<ProducerReport> {
+  const { call, close } = task.system === 'userops' ? useropsCaller(task) : await baselineCaller(task);
+  const histogram = hdr.build({ lowestDiscernibleValue: 1, highestTrackableValue: 120_000_000, numberOfSignificantValueDigits: 3 });
+  const created: string[][] = Array.from({ length: task.concurrency }, () => []);
+  // Seed each caller with a user so gets and updates always have a target.
+  await Promise.all(
+    created.map(async (mine, c) => {
+      const nickname = `seed-${task.id}-${c}`;
+      await call('user.create', { nickname, fullName: 'Seed', email: `${nickname}@example.com` });
+      mine.push(nickname);
+    }),
+  );
+  let ops = 0;
+  let errors = 0;
+  let seq = 0;
+  const started = performance.now();
+  const deadline = started + task.durationMs;
+  await Promise.all(
+    created.map(async (mine, c) => {
+      while (performance.now() < deadline) {
+        const roll = Math.random() * 100;
+        let op: string;
+        let args: Record<string, unknown>;
+        if (roll < task.mix.create) {
+          const nickname = `u-${task.id}-${c}-${seq++}`;
+          op = 'user.create';
+          args = { nickname, fullName: 'Bench User', email: `${nickname}@example.com` };
+        } else {
+          const nickname = mine[Math.floor(Math.random() * mine.length)] as string;
+          op = roll < task.mix.create + task.mix.get ? 'user.get' : 'user.update';
+          args = { nickname, fullName: `Renamed ${seq++}` };
+        }
+        const t0 = performance.now();
+        try {
+          await call(op, args);
+          if (op === 'user.create') mine.push(args.nickname as string);
+        } catch {
+          errors++;
+        }
+        histogram.recordValue(Math.max(1, Math.round((performance.now() - t0) * 1000)));
+        ops++;
+      }
+    }),
+  );
+  const elapsedMs = performance.now() - started;
+  await close();
+  return { ops, errors, histogram: hdr.encodeIntoCompressedBase64(histogram), elapsedMs };
+}
+
+process.once('message', (task: ProducerTask) => {
+  // A call that never settles is a finding, not a reason to hang the whole benchmark.
+  setTimeout(() => {
+    console.error(`producer ${task.id}: calls still pending 60 s after the run ended`);
+    process.exit(2);
+  }, task.durationMs + 60_000).unref();
+  run(task).then(
+    (report) => process.send?.(report, () => process.exit(0)),
+    (err: unknown) => {
+      console.error(err);
+      process.exit(1);
+    },
+  );
+});

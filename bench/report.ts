@@ -1,0 +1,158 @@
+/**
+ * Turns benchmark results into the printed summary, docs/benchmarks.md and docs/benchmarks.svg.
+ */
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+/** One load run: a system at P producers x C concurrent calls each. */
+export interface LoadRow {
+  system: 'userops' | 'baseline';
+  label?: 'idle';
+  producers: number;
+  concurrency: number;
+  ops: number;
+  errors: number;
+  opsPerSec: number;
+  p50: number;
+  p90: number;
+  p99: number;
+  peakRssMb: number | undefined;
+}
+
+/** Everything one `npm run bench` measured. */
+export interface BenchResults {
+  machine: { cpus: number; cpuModel: string; memGiB: number; node: string; date: string };
+  options: { producers: number; sweep: number[]; durationS: number; mix: { create: number; get: number; update: number } };
+  ceilingOpsPerSec: number;
+  load: LoadRow[];
+  backlog?: { ops: number; seconds: number; opsPerSec: number; peakRssMb: number | undefined; failedJobs: number };
+  growth?: { size: number; small: { get: number; update: number }; large: { get: number; update: number } };
+}
+
+const int = (n: number) => Math.round(n).toLocaleString('en-US');
+const ms = (n: number) => n.toFixed(2);
+const mb = (n: number | undefined) => (n === undefined ? 'n/a' : `${n.toFixed(0)} MB`);
+const verdict = (ok: boolean) => (ok ? 'met' : 'NOT met');
+
+function find(rows: LoadRow[], system: string, concurrency?: number, idle = false) {
+  return rows.find((r) => r.system === system && (idle ? r.label === 'idle' : r.label === undefined && r.concurrency === concurrency));
+}
+
+/** The figures against the targets of issue 3, one line each. */
+function targets(r: BenchResults): string[] {
+  const lines: string[] = [];
+  const top = Math.max(...r.options.sweep);
+  const u = find(r.load, 'userops', top);
+  const b = find(r.load, 'baseline', top);
+  if (u) lines.push(`- Throughput at ${r.options.producers} x ${top}: ${int(u.opsPerSec)} ops/s (target >= 25,000): ${verdict(u.opsPerSec >= 25_000)}`);
+  if (u && b) lines.push(`- Versus the per-op baseline at ${r.options.producers} x ${top}: ${(u.opsPerSec / b.opsPerSec).toFixed(1)}x (target >= 10x): ${verdict(u.opsPerSec >= 10 * b.opsPerSec)}`);
+  const ui = find(r.load, 'userops', undefined, true);
+  const bi = find(r.load, 'baseline', undefined, true);
+  if (ui && bi) lines.push(`- One call in flight, p50: ${ms(ui.p50)} ms vs baseline ${ms(bi.p50)} ms = ${(ui.p50 / bi.p50).toFixed(2)}x (target <= 1.5x): ${verdict(ui.p50 <= 1.5 * bi.p50)}`);
+  if (r.backlog) {
+    lines.push(`- Backlog of ${int(r.backlog.ops)} ops drained at ${int(r.backlog.opsPerSec)} ops/s (target >= 20,000): ${verdict(r.backlog.opsPerSec >= 20_000)}; consumer peak RSS ${mb(r.backlog.peakRssMb)} (target < 200 MB): ${verdict((r.backlog.peakRssMb ?? Infinity) < 200)}`);
+  }
+  if (r.growth) {
+    const g = r.growth;
+    const gr = g.large.get / g.small.get;
+    const ur = g.large.update / g.small.update;
+    lines.push(`- Cost per op at ${int(g.size)} vs 1,000 users: get ${gr.toFixed(2)}x, update ${ur.toFixed(2)}x (target <= 1.2x): ${verdict(gr <= 1.2 && ur <= 1.2)}`);
+  }
+  return lines;
+}
+
+function table(r: BenchResults): string[] {
+  const lines = [
+    '| system | producers x calls | ops/s | p50 ms | p90 ms | p99 ms | errors | consumer peak RSS |',
+    '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |',
+  ];
+  for (const row of r.load) {
+    lines.push(`| ${row.system}${row.label ? ` (${row.label})` : ''} | ${row.producers} x ${row.concurrency} | ${int(row.opsPerSec)} | ${ms(row.p50)} | ${ms(row.p90)} | ${ms(row.p99)} | ${row.errors} | ${mb(row.peakRssMb)} |`);
+  }
+  return lines;
+}
+
+function chart(r: BenchResults): string {
+  const W = 760;
+  const H = 300;
+  const pad = { l: 70, r: 20, t: 30, b: 45 };
+  const panelW = (W - pad.l * 2 - pad.r * 2) / 2;
+  const xs = r.options.sweep.map((c) => c * r.options.producers);
+  const lx = (v: number, x0: number) => x0 + (xs.length === 1 ? panelW / 2 : ((Math.log(v) - Math.log(xs[0] as number)) / (Math.log(xs.at(-1) as number) - Math.log(xs[0] as number))) * panelW);
+  const colors = { userops: '#1f77b4', baseline: '#d62728' };
+  const parts: string[] = [];
+  const panel = (title: string, x0: number, value: (row: LoadRow) => number, unit: string) => {
+    const rows = r.load.filter((row) => row.label === undefined);
+    const max = Math.max(...rows.map(value)) * 1.1 || 1;
+    const ly = (v: number) => pad.t + (H - pad.t - pad.b) * (1 - v / max);
+    parts.push(`<text x="${x0 + panelW / 2}" y="18" text-anchor="middle" font-weight="bold">${title}</text>`);
+    parts.push(`<line x1="${x0}" y1="${H - pad.b}" x2="${x0 + panelW}" y2="${H - pad.b}" stroke="#333"/><line x1="${x0}" y1="${pad.t}" x2="${x0}" y2="${H - pad.b}" stroke="#333"/>`);
+    for (let i = 0; i <= 4; i++) {
+      const v = (max / 4) * i;
+      parts.push(`<text x="${x0 - 6}" y="${ly(v) + 4}" text-anchor="end" font-size="11">${unit === 'ops/s' ? int(v) : v.toFixed(1)}</text>`);
+      parts.push(`<line x1="${x0}" y1="${ly(v)}" x2="${x0 + panelW}" y2="${ly(v)}" stroke="#eee"/>`);
+    }
+    for (const x of xs) parts.push(`<text x="${lx(x, x0)}" y="${H - pad.b + 16}" text-anchor="middle" font-size="11">${x}</text>`);
+    parts.push(`<text x="${x0 + panelW / 2}" y="${H - 8}" text-anchor="middle" font-size="11">calls in flight (producers x calls, log scale)</text>`);
+    for (const system of ['userops', 'baseline'] as const) {
+      const pts = rows.filter((row) => row.system === system).map((row) => `${lx(row.producers * row.concurrency, x0).toFixed(1)},${ly(value(row)).toFixed(1)}`);
+      if (pts.length === 0) continue;
+      parts.push(`<polyline fill="none" stroke="${colors[system]}" stroke-width="2" points="${pts.join(' ')}"/>`);
+      for (const p of pts) parts.push(`<circle cx="${p.split(',')[0]}" cy="${p.split(',')[1]}" r="3" fill="${colors[system]}"/>`);
+    }
+  };
+  panel('Throughput (ops/s)', pad.l, (row) => row.opsPerSec, 'ops/s');
+  panel('p99 latency (ms)', pad.l * 2 + pad.r + panelW, (row) => row.p99, 'ms');
+  const legend = (['userops', 'baseline'] as const).map((s, i) => `<rect x="${pad.l + 10 + i * 110}" y="${pad.t + 4}" width="12" height="12" fill="${colors[s]}"/><text x="${pad.l + 26 + i * 110}" y="${pad.t + 14}" font-size="12">${s}</text>`);
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="sans-serif">\n<rect width="100%" height="100%" fill="white"/>\n${[...parts, ...legend].join('\n')}\n</svg>\n`;
+}
+
+/**
+ * Returns the printed summary; when `docsDir` is given, also writes benchmarks.md and
+ * benchmarks.svg there.
+ */
+export function writeReport(r: BenchResults, docsDir?: string): string {
+  const m = r.machine;
+  const mix = r.options.mix;
+  const lines = [
+    '# Benchmarks',
+    '',
+    `Measured by \`npm run bench\` on ${m.date.slice(0, 10)}: ${m.cpus} cores (${m.cpuModel}), ${m.memGiB} GiB, Node ${m.node}.`,
+    `Every system shares the machine with its own redis-server (AOF everysec), the consumer process and ${r.options.producers} producer processes.`,
+    `Op mix: ${mix.create}% create, ${mix.get}% get, ${mix.update}% update; ${r.options.durationS} s per run; SQLite WAL with synchronous=FULL throughout.`,
+    '',
+    '## Against the targets',
+    '',
+    ...targets(r),
+    '',
+    '## Load runs',
+    '',
+    '`userops` is this product: batching client, one consumer applying each job in one transaction.',
+    '`baseline` is the straightforward design: one BullMQ job per op, `waitUntilFinished`, a concurrency-1 worker committing each op in its own transaction.',
+    '',
+    ...table(r),
+    '',
+    `Ceiling, raw better-sqlite3 inserts (1,000 a transaction, FULL sync): ${int(r.ceilingOpsPerSec)} rows/s.`,
+  ];
+  const top = Math.max(...r.options.sweep);
+  const u = find(r.load, 'userops', top);
+  const b = find(r.load, 'baseline', top);
+  if (u) lines.push(`At ${r.options.producers} x ${top}, userops reaches ${((u.opsPerSec / r.ceilingOpsPerSec) * 100).toFixed(1)}% of the ceiling${b ? ` and ${(u.opsPerSec / b.opsPerSec).toFixed(1)}x the baseline` : ''}.`);
+  if (r.backlog) {
+    lines.push('', '## Backlog drain', '', `${int(r.backlog.ops)} create ops queued as jobs of 100 before the consumer started; drained in ${r.backlog.seconds.toFixed(1)} s = ${int(r.backlog.opsPerSec)} ops/s; consumer peak RSS ${mb(r.backlog.peakRssMb)}; failed jobs: ${r.backlog.failedJobs}.`);
+  }
+  if (r.growth) {
+    const g = r.growth;
+    lines.push('', '## Cost per op as the table grows', '', 'Through the consumer\'s apply path (jobs of 100 random-key ops), in microseconds per op:', '',
+      '| users | get | update |', '| ---: | ---: | ---: |',
+      `| 1,000 | ${g.small.get.toFixed(1)} | ${g.small.update.toFixed(1)} |`,
+      `| ${int(g.size)} | ${g.large.get.toFixed(1)} | ${g.large.update.toFixed(1)} |`);
+  }
+  if (docsDir) lines.push('', '## Curve', '', '![throughput and p99 against concurrency](benchmarks.svg)');
+  const text = `${lines.join('\n')}\n`;
+  if (docsDir) {
+    writeFileSync(join(docsDir, 'benchmarks.md'), text);
+    writeFileSync(join(docsDir, 'benchmarks.svg'), chart(r));
+  }
+  return text;
+}

@@ -1,0 +1,287 @@
+/**
+ * `npm run bench`: userops against the per-op baseline and the raw SQLite ceiling, in one run, on
+ * real processes (a redis-server, the consumer, P producer processes). Prints figures; asserts
+ * nothing. See docs/benchmarks.md for the latest run.
+ */
+import { type ChildProcess, fork, spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { cpus, tmpdir, totalmem } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import Database from 'better-sqlite3';
+import { Queue } from 'bullmq';
+import { SingleBar } from 'cli-progress';
+import { Command, InvalidArgumentError } from 'commander';
+import * as hdr from 'hdr-histogram-js';
+import { Redis } from 'ioredis';
+import { pino } from 'pino';
+
+import { applyJob } from '../src/consumer/apply.js';
+import { startPrivateRedis } from '../src/consumer/private-redis.js';
+import { Store } from '../src/consumer/store.js';
+import { freePort } from '../test/helpers/redis-server.js';
+import type { ProducerReport, ProducerTask } from './producer.js';
+import { type BenchResults, type LoadRow, writeReport } from './report.js';
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const TSX = ['--import', 'tsx'];
+
+type Mix = ProducerTask['mix'];
+
+function parseMix(value: string): Mix {
+  const mix: Mix = { create: 0, get: 0, update: 0 };
+  for (const part of value.split(',')) {
+    const [name, pct] = part.split('=');
+    if (!name || !(name in mix) || !pct || !/^\d+$/.test(pct)) {
+      throw new InvalidArgumentError(`expected create=N,get=N,update=N, got "${value}"`);
+    }
+    mix[name as keyof Mix] = Number(pct);
+  }
+  if (mix.create + mix.get + mix.update !== 100) throw new InvalidArgumentError(`percentages must add up to 100, got "${value}"`);
+  return mix;
+}
+
+function positive(what: string, allowZero = false) {
+  return (value: string) => {
+    const n = Number(value);
+    if (!Number.isInteger(n) || n < (allowZero ? 0 : 1)) throw new InvalidArgumentError(`${what}: expected a whole number, got "${value}"`);
+    return n;
+  };
+}
+
+const program = new Command('bench')
+  .option('--producers <P>', 'producer processes', positive('--producers'), 4)
+  .option('--concurrency <list>', 'concurrent calls per producer, comma-separated sweep', '1,8,64')
+  .option('--duration <s>', 'seconds per load run', positive('--duration'), 10)
+  .option('--mix <mix>', 'op mix in percent', parseMix, parseMix('create=50,get=25,update=25'))
+  .option('--backlog <n>', 'ops queued before the consumer starts (0 skips)', positive('--backlog', true), 1_000_000)
+  .option('--growth <n>', 'table size for the cost-per-op check (0 skips)', positive('--growth', true), 1_000_000)
+  .option('--no-baseline', 'skip the per-op baseline')
+  .option('--no-write', 'do not write docs/benchmarks.md')
+  .option('--json', 'print results as JSON only')
+  .parse();
+
+const opts = program.opts<{
+  producers: number;
+  concurrency: string;
+  duration: number;
+  mix: Mix;
+  backlog: number;
+  growth: number;
+  baseline: boolean;
+  write: boolean;
+  json: boolean;
+}>();
+const sweep = opts.concurrency.split(',').map((c) => positive('--concurrency')(c));
+const say = (line: string) => {
+  if (!opts.json) process.stderr.write(`${line}\n`);
+};
+
+const work = mkdtempSync(join(tmpdir(), 'userops-bench-'));
+let queueSeq = 0;
+
+/** A consumer process (userops or baseline) and its peak RSS. */
+async function startConsumer(system: 'userops' | 'baseline', redisUrl: string, queue: string, dbPath: string) {
+  const child: ChildProcess =
+    system === 'userops'
+      ? spawn(process.execPath, ['dist/cli/main.js', 'consumer'], {
+          cwd: ROOT,
+          env: { ...process.env, REDIS_URL: redisUrl, USEROPS_QUEUE: queue, USEROPS_DB: dbPath, LOG_LEVEL: 'info' },
+          stdio: ['ignore', 'pipe', 'inherit'],
+        })
+      : spawn(process.execPath, [...TSX, 'bench/baseline-consumer.ts', redisUrl, queue, dbPath], {
+          cwd: ROOT,
+          stdio: ['ignore', 'pipe', 'inherit'],
+        });
+  await new Promise<void>((resolve, reject) => {
+    let buffer = '';
+    child.stdout?.on('data', (d: Buffer) => {
+      buffer += d.toString();
+      if (buffer.includes('consumer ready')) resolve();
+    });
+    child.once('exit', (code) => reject(new Error(`${system} consumer exited with ${code}`)));
+  });
+  const exited = new Promise((r) => child.once('exit', r));
+  return {
+    /** Peak resident set (VmHWM) in MB, read from /proc before the process exits. */
+    peakRssMb(): number | undefined {
+      try {
+        const kb = /VmHWM:\s+(\d+) kB/.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'))?.[1];
+        return kb ? Number(kb) / 1024 : undefined;
+      } catch {
+        return undefined;
+      }
+    },
+    async stop() {
+      child.kill('SIGTERM');
+      await exited;
+    },
+  };
+}
+
+async function runLoad(system: 'userops' | 'baseline', redisUrl: string, producers: number, concurrency: number, durationMs: number): Promise<LoadRow> {
+  const queue = `bench${++queueSeq}`;
+  const consumer = await startConsumer(system, redisUrl, queue, join(work, `${queue}.db`));
+  const reports = await Promise.all(
+    Array.from({ length: producers }, (_, id) => {
+      const child = fork(join(ROOT, 'bench/producer.ts'), { execArgv: TSX, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+      const task: ProducerTask = { system, redisUrl, queue, id, concurrency, durationMs, mix: opts.mix };
+      child.send(task);
+      return new Promise<ProducerReport>((resolve, reject) => {
+        child.once('message', (m) => resolve(m as ProducerReport));
+        child.once('exit', (code) => code !== 0 && reject(new Error(`producer exited with ${code}`)));
+      });
+    }),
+  );
+  const peakRssMb = consumer.peakRssMb();
+  await consumer.stop();
+  const merged = hdr.build({ lowestDiscernibleValue: 1, highestTrackableValue: 120_000_000, numberOfSignificantValueDigits: 3 });
+  for (const r of reports) merged.add(hdr.decodeFromCompressedBase64(r.histogram));
+  const ops = reports.reduce((n, r) => n + r.ops, 0);
+  const elapsed = Math.max(...reports.map((r) => r.elapsedMs));
+  const ms = (p: number) => merged.getValueAtPercentile(p) / 1000;
+  return {
+    system, producers, concurrency, ops,
+    errors: reports.reduce((n, r) => n + r.errors, 0),
+    opsPerSec: (ops / elapsed) * 1000,
+    p50: ms(50), p90: ms(90), p99: ms(99),
+    peakRssMb,
+  };
+}
+
+/** Raw better-sqlite3: batched inserts, FULL sync, 1,000 rows a transaction. */
+function ceiling(durationMs = 3000): number {
+  const db = new Database(join(work, 'ceiling.db'));
+  db.pragma('journal_mode = WAL');
+  db.pragma('synchronous = FULL');
+  db.exec('CREATE TABLE users (id INTEGER PRIMARY KEY, nickname TEXT NOT NULL UNIQUE, full_name TEXT, email TEXT, created_at INTEGER, updated_at INTEGER)');
+  const insert = db.prepare('INSERT INTO users (nickname, full_name, email, created_at, updated_at) VALUES (?, ?, ?, ?, ?)');
+  let n = 0;
+  const batch = db.transaction(() => {
+    for (let i = 0; i < 1000; i++, n++) insert.run(`u${n}`, 'Bench User', `u${n}@example.com`, n, n);
+  });
+  const started = performance.now();
+  while (performance.now() - started < durationMs) batch();
+  const rate = (n / (performance.now() - started)) * 1000;
+  db.close();
+  return rate;
+}
+
+/** Queue `total` create ops as jobs of 100 (as clients would batch them), then time the drain. */
+async function backlog(redisUrl: string, total: number) {
+  const queueName = `bench${++queueSeq}`;
+  const connection = new Redis(redisUrl, { maxRetriesPerRequest: null });
+  const queue = new Queue(queueName, { connection });
+  const perJob = 100;
+  for (let added = 0; added < total; ) {
+    const jobs = [];
+    for (let j = 0; j < 1000 && added < total; j++) {
+      const ops = [];
+      for (let k = 0; k < perJob && added < total; k++, added++) {
+        ops.push({ op: 'user.create', args: { nickname: `b${added}`, fullName: 'Backlog User', email: `b${added}@example.com` } });
+      }
+      jobs.push({ name: 'batch', data: { v: 1, ops } });
+    }
+    await queue.addBulk(jobs);
+  }
+  const consumer = await startConsumer('userops', redisUrl, queueName, join(work, `${queueName}.db`));
+  const started = performance.now();
+  for (;;) {
+    const c = await queue.getJobCounts('wait', 'active', 'failed');
+    if ((c.wait ?? 0) + (c.active ?? 0) === 0) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  const seconds = (performance.now() - started) / 1000;
+  const peakRssMb = consumer.peakRssMb();
+  const failed = await queue.getFailedCount();
+  await consumer.stop();
+  await queue.close();
+  connection.disconnect();
+  return { ops: total, seconds, opsPerSec: total / seconds, peakRssMb, failedJobs: failed };
+}
+
+/** Cost of get and update through the real apply path, at 1,000 users and at `size` users. */
+function growth(size: number) {
+  const store = new Store(join(work, 'growth.db'));
+  const insert = store.db.prepare('INSERT INTO users (nickname, full_name, email, created_at, updated_at) VALUES (?, ?, ?, ?, ?)');
+  const fill = (from: number, to: number) =>
+    store.db.transaction(() => {
+      for (let i = from; i < to; i++) insert.run(`g${i}`, 'Growth User', `g${i}@example.com`, i, i);
+    })();
+  let job = 0;
+  const measure = (users: number) => {
+    const perOp: Record<'get' | 'update', number> = { get: 0, update: 0 };
+    for (const kind of ['get', 'update'] as const) {
+      const jobs = 200;
+      const started = performance.now();
+      for (let j = 0; j < jobs; j++) {
+        const ops = Array.from({ length: 100 }, () => {
+          const nickname = `g${Math.floor(Math.random() * users)}`;
+          return kind === 'get' ? { op: 'user.get', args: { nickname } } : { op: 'user.update', args: { nickname, fullName: 'Renamed' } };
+        });
+        applyJob(store, `growth-${job++}`, { v: 1, ops }, 1000);
+      }
+      perOp[kind] = ((performance.now() - started) * 1000) / (jobs * 100);
+    }
+    return perOp;
+  };
+  fill(0, 1000);
+  const small = measure(1000);
+  fill(1000, size);
+  const large = measure(size);
+  store.close();
+  return { small, large, size };
+}
+
+async function main(): Promise<void> {
+  const redis = await startPrivateRedis('redis-server', join(work, 'redis'), await freePort(), pino({ level: 'silent' }));
+  const systems = opts.baseline ? (['userops', 'baseline'] as const) : (['userops'] as const);
+  const loadRuns = systems.length * (sweep.length + 1);
+  const bar = opts.json || !process.stderr.isTTY ? undefined : new SingleBar({ format: 'bench [{bar}] {value}/{total} runs | {step}', hideCursor: true });
+  bar?.start(loadRuns + 3, 0, { step: 'ceiling' });
+  const step = (name: string) => {
+    bar?.increment({ step: name });
+    if (!bar) say(`… ${name}`);
+  };
+  try {
+    say(`ceiling: raw better-sqlite3 inserts`);
+    const ceilingRate = ceiling();
+    const load: LoadRow[] = [];
+    for (const system of systems) {
+      step(`${system} idle latency (1 producer x 1 call)`);
+      load.push({ ...(await runLoad(system, redis.url, 1, 1, opts.duration * 1000)), label: 'idle' });
+      for (const c of sweep) {
+        step(`${system} ${opts.producers} producers x ${c} calls`);
+        load.push(await runLoad(system, redis.url, opts.producers, c, opts.duration * 1000));
+      }
+    }
+    step(`backlog of ${opts.backlog} ops`);
+    const drained = opts.backlog > 0 ? await backlog(redis.url, opts.backlog) : undefined;
+    step(`cost per op at ${opts.growth} users`);
+    const grown = opts.growth > 0 ? growth(opts.growth) : undefined;
+    bar?.stop();
+    const results: BenchResults = {
+      machine: {
+        cpus: cpus().length,
+        cpuModel: cpus()[0]?.model ?? 'unknown',
+        memGiB: Math.round(totalmem() / 2 ** 30),
+        node: process.version,
+        date: new Date().toISOString(),
+      },
+      options: { producers: opts.producers, sweep, durationS: opts.duration, mix: opts.mix },
+      ceilingOpsPerSec: ceilingRate,
+      load,
+      backlog: drained,
+      growth: grown,
+    };
+    if (opts.json) process.stdout.write(`${JSON.stringify(results, null, 2)}\n`);
+    else process.stdout.write(writeReport(results, opts.write ? join(ROOT, 'docs') : undefined));
+  } finally {
+    bar?.stop();
+    await redis.stop();
+    rmSync(work, { recursive: true, force: true });
+  }
+}
+
+await main();
