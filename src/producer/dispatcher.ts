@@ -62,6 +62,7 @@ export class Dispatcher {
   /** Calls submitted and not yet settled; bounded by `maxPendingCalls`. */
   private pending = 0;
   private sending = false;
+  private pumpScheduled = false;
   private closed = false;
 
   constructor(
@@ -91,6 +92,20 @@ export class Dispatcher {
         timer: setTimeout(() => this.timeOut(call), this.limits.timeoutMs),
       };
       this.outbox.push(call);
+      this.schedulePump();
+    });
+  }
+
+  /**
+   * Pumps once the calls made in this turn of the event loop are all in: a completion event
+   * resolves many callers at once, and their next calls then travel as one job. setImmediate is
+   * no timer: it runs as soon as the current I/O callbacks are done, microseconds later.
+   */
+  private schedulePump(): void {
+    if (this.pumpScheduled) return;
+    this.pumpScheduled = true;
+    setImmediate(() => {
+      this.pumpScheduled = false;
       this.pump();
     });
   }
