@@ -1,6 +1,8 @@
 import assert from 'node:assert/strict';
 import { after, afterEach, before, beforeEach, describe, it } from 'node:test';
 
+import Database from 'better-sqlite3';
+
 import {
   ClientClosedError,
   OpTimeoutError,
@@ -122,15 +124,45 @@ describe('UserOpsClient with a running consumer', () => {
 });
 
 describe('UserOpsClient when things are missing', () => {
-  it('times out with OpTimeoutError when no consumer runs', async () => {
+  it('times out with applied: false, and withdraws the job, when no consumer has taken it', async () => {
     const client = newClient(t, { redisUrl: redis.url, queue, timeoutMs: 300 });
-    await assert.rejects(client.getUser('bob'), (err: unknown) => {
+    const outcomes = await Promise.allSettled([client.createUser(bob), client.getUser('bob')]);
+    for (const outcome of outcomes) {
+      assert.equal(outcome.status, 'rejected');
+      const err = (outcome).reason as unknown;
       assert.ok(err instanceof OpTimeoutError);
       assert.equal(err.code, 'TIMEOUT');
+      assert.equal(err.applied, false);
+      assert.match(err.message, /timed out after 300 ms .*applied: false/);
+    }
+    const probe = plainQueue(t, redis.url, queue);
+    const counts = await probe.getJobCounts();
+    assert.equal(Object.values(counts).reduce((a, b) => a + b, 0), 0, 'the job is gone from the queue');
+    // A consumer that starts now finds nothing to apply: applied: false was the truth.
+    const db = t.add(tempDb(), (d) => d.cleanup());
+    const consumer = await startConsumer(t, { redisUrl: redis.url, queue, dbPath: db.dbPath });
+    const later = newClient(t, { redisUrl: redis.url, queue });
+    await assert.rejects(later.getUser('bob'), UserNotFoundError);
+    assert.equal(consumer.database?.ledgerSize(), 1, 'only the later call was ever applied');
+  });
+
+  it('times out with applied: "unknown" when the consumer has already taken the job', async () => {
+    const db = t.add(tempDb(), (d) => d.cleanup());
+    const consumer = await startConsumer(t, { redisUrl: redis.url, queue, dbPath: db.dbPath, busyTimeoutMs: 10 });
+    // The consumer takes the job, then cannot commit while another connection holds the lock.
+    const locker = t.add(new Database(db.dbPath), (d) => d.close());
+    locker.exec('BEGIN IMMEDIATE');
+    const client = newClient(t, { redisUrl: redis.url, queue, timeoutMs: 500 });
+    await assert.rejects(client.createUser(bob), (err: unknown) => {
+      assert.ok(err instanceof OpTimeoutError);
       assert.equal(err.applied, 'unknown');
-      assert.match(err.message, /timed out after 300 ms/);
       return true;
     });
+    locker.exec('ROLLBACK');
+    // And indeed it is applied once the lock is gone.
+    const reader = newClient(t, { redisUrl: redis.url, queue });
+    assert.equal((await reader.getUser('bob')).nickname, 'bob');
+    assert.equal(consumer.database?.countUsers(), 1);
   });
 
   it('fails fast with RedisUnavailableError when Redis is unreachable', async () => {

@@ -309,8 +309,9 @@ export class UserOpsConsumer {
     const inHand = this.inHand?.then(() => Promise.all(this.acking));
     const drained = await settleWithin(inHand, redisUp ? DRAIN_DEADLINE_MS : 1000);
     if (!drained) this.log.warn('the group in hand did not finish in time; it will be re-delivered');
-    // Closing the worker also ends a fetch the loop may be blocked in.
-    await settleWithin(this.worker?.close(), redisUp ? 2000 : 1000);
+    // Forced: the group in hand is done, and BullMQ runs no jobs of its own in manual mode. A
+    // polite close would QUIT behind the blocking fetch and wait out its drainDelay.
+    await settleWithin(this.worker?.close(true), redisUp ? 2000 : 1000);
     await settleWithin(this.loopDone, 1000);
     this.redis?.stopReconnecting();
     for (const [name, step] of [

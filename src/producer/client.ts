@@ -58,7 +58,12 @@ export class UserOpsClient {
   constructor(options: ClientOptions = {}) {
     this.options = resolveClientOptions(options);
     this.log = (this.options.logger ?? pino({ level: 'silent' })).child({ component: 'client', queue: this.options.queue });
-    this.dispatcher = new Dispatcher(this.options, (jobId, payload) => this.link.add(jobId, payload), this.log);
+    this.dispatcher = new Dispatcher(
+      this.options,
+      (jobId, payload) => this.link.add(jobId, payload),
+      (jobId) => this.link.withdraw(jobId),
+      this.log,
+    );
     this.link = new QueueLink(this.options, this.dispatcher, this.log);
     // Events can be missed (a reconnect, a trimmed stream): jobs in flight for a while are looked
     // up in Redis directly, so no call waits for an event that will never come.

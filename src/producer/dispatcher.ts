@@ -59,15 +59,21 @@ export class Dispatcher {
   private readonly outbox: PendingCall[] = [];
   private readonly inFlight = new Map<string, PendingCall[]>();
   private readonly inFlightSince = new Map<string, number>();
+  private readonly withdrawals = new Map<string, Promise<boolean>>();
   /** Calls submitted and not yet settled; bounded by `maxPendingCalls`. */
   private pending = 0;
   private sending = false;
   private pumpScheduled = false;
   private closed = false;
 
+  /**
+   * @param send - adds a job to the queue
+   * @param withdraw - takes a job back if it has not started; resolves true if it will never run
+   */
   constructor(
     private readonly limits: DispatchLimits,
     private readonly send: SendJob,
+    private readonly withdraw: (jobId: string) => Promise<boolean>,
     private readonly log: Logger,
   ) {}
 
@@ -198,14 +204,32 @@ export class Dispatcher {
 
   private timeOut(call: PendingCall): void {
     if (call.settled) return;
+    const { jobId } = call;
+    const timeout = (applied: false | 'unknown') => new OpTimeoutError(this.limits.timeoutMs, jobId, applied);
     // Still in the outbox: never sent, so certainly not applied.
-    const applied = call.jobId === undefined ? false : 'unknown';
-    this.settle(call, new OpTimeoutError(this.limits.timeoutMs, call.jobId, applied));
-    if (call.jobId !== undefined) {
-      const calls = this.inFlight.get(call.jobId);
-      // Stop counting a job against the window once nobody waits on it.
-      if (calls?.every((c) => c.settled)) this.finish(call.jobId);
+    if (jobId === undefined) return this.settle(call, timeout(false));
+    // Sent: take the job back if no consumer has started it. Its other calls were made within
+    // moments of this one, so they end with it, all certain their ops were never applied.
+    // Meanwhile a result that arrives still settles the call with it.
+    // One withdrawal per job, shared by its calls: a second LREM would find it gone and say "unknown".
+    let withdrawal = this.withdrawals.get(jobId);
+    if (!withdrawal) {
+      withdrawal = this.withdraw(jobId);
+      this.withdrawals.set(jobId, withdrawal);
+      void withdrawal.finally(() => this.withdrawals.delete(jobId)).catch(() => undefined);
     }
+    withdrawal.then(
+      (withdrawn) => {
+        if (withdrawn) {
+          for (const c of this.finish(jobId) ?? []) this.settle(c, timeout(false));
+          return;
+        }
+        this.settle(call, timeout('unknown'));
+        // Stop counting a job against the window once nobody waits on it.
+        if (this.inFlight.get(jobId)?.every((c) => c.settled)) this.finish(jobId);
+      },
+      () => this.settle(call, timeout('unknown')),
+    );
   }
 
   private settle(call: PendingCall, err: UserOpsError | Error | undefined, value?: unknown): void {

@@ -59,6 +59,25 @@ export class QueueLink {
     }
   }
 
+  /**
+   * Takes a job back if no consumer has taken it yet; true if it was withdrawn (so it will never
+   * run). Atomic: LREM on the wait list succeeds only while the job is still waiting, so a job a
+   * consumer already took is never removed behind its back.
+   */
+  async withdraw(jobId: string): Promise<boolean> {
+    const parts = this.parts;
+    if (!parts || parts.commands.status !== 'ready') return false;
+    try {
+      const removed = await parts.commands.lrem(parts.queue.keys.wait as string, 1, jobId);
+      if (removed !== 1) return false;
+      // No longer in any list: drop its hash too, as BullMQ's own remove would.
+      await parts.queue.remove(jobId).catch(() => 0);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
   /** Reads finished jobs among `jobIds` straight from Redis and reports their outcomes. */
   async reconcile(jobIds: string[]): Promise<void> {
     const parts = this.parts;
