@@ -60,7 +60,7 @@ describe('Store', () => {
   it('upgrades a schema 1 database, keeping its ledger rows replayable', () => {
     store.close();
     const v1 = new Database(db.dbPath);
-    v1.exec(`DROP TABLE users; DROP TABLE ledger;
+    v1.exec(`DROP TABLE users; DROP TABLE ledger; DROP TABLE meta;
       CREATE TABLE users (id INTEGER PRIMARY KEY, nickname TEXT NOT NULL UNIQUE, full_name TEXT NOT NULL,
         email TEXT NOT NULL, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL) STRICT;
       CREATE TABLE ledger (job_id TEXT PRIMARY KEY, results TEXT NOT NULL, applied_at INTEGER NOT NULL) STRICT;
@@ -73,6 +73,7 @@ describe('Store', () => {
     const replay = applyJob(store, 'old-job', { v: 1, ops: [create('x')] }, 1000);
     assert.equal(replay.replayed, true);
     assert.deepEqual(replay.results, [{ ok: true, value: 42 }]);
+    assert.match(store.dbId, /^[0-9a-f]{32}$/, 'migration 3 gave the database an identity');
   });
 
   it('keeps data and schema version across reopen, and refuses a newer schema', () => {

@@ -14,12 +14,13 @@ import { type Job, UnrecoverableError, Worker } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { type Logger, pino } from 'pino';
 
-import { coerceError, type JobResults, parseEnvelope, RedisUnavailableError } from '../protocol/index.js';
+import { coerceError, ConfigError, type JobResults, parseEnvelope, RedisUnavailableError } from '../protocol/index.js';
 import { RedisConnections, redactUrl, settleWithin } from '../redis.js';
 import { type Applied, applyJobs } from './apply.js';
 import { type ConsumerOptions, type ResolvedConsumerOptions, resolveConsumerOptions } from './options.js';
 import { isTransientSqliteError, sqliteCode } from './sqlite-errors.js';
 import { Store } from './store.js';
+import { WriterLease, type WriterRole } from './writer-lease.js';
 
 /** Completed jobs stay readable this long, so a client that missed the event can still look. */
 const KEEP_COMPLETED = { age: 3600, count: 10_000 };
@@ -30,6 +31,9 @@ const RETRY_MIN_MS = 100;
 const RETRY_MAX_MS = 2000;
 /** How long `close()` waits for the group in hand; inside the CLI's 9 s shutdown deadline. */
 const DRAIN_DEADLINE_MS = 7000;
+
+/** How often a standby checks whether it has become the writer. */
+const STANDBY_POLL_MS = 100;
 
 /** Jobs fetched per round trip while gathering a group. */
 const FETCH_ROUND = 16;
@@ -61,6 +65,7 @@ export class UserOpsConsumer {
   private loopDone?: Promise<void>;
   /** The group being committed, which `close()` lets finish. */
   private inHand?: Promise<void>;
+  private lease?: WriterLease;
   /** Jobs in the last group taken; sizes the first fetch round of the next. */
   private lastGroupJobs = 1;
   /** Acknowledgements still on their way to Redis; `close()` waits for these too. */
@@ -75,6 +80,11 @@ export class UserOpsConsumer {
   constructor(options: ConsumerOptions) {
     this.options = resolveConsumerOptions(options);
     this.log = (this.options.logger ?? pino({ level: 'silent' })).child({ component: 'consumer' });
+  }
+
+  /** `writer` while this consumer holds the queue's writer lease, else `standby`. */
+  get role(): WriterRole {
+    return this.lease?.held() ? 'writer' : 'standby';
   }
 
   /** The store, once started; for admin commands and tests in the same process. */
@@ -125,6 +135,13 @@ export class UserOpsConsumer {
     worker.on('stalled', (jobId) => this.log.warn({ jobId }, 'job stalled; it will be re-delivered'));
     await this.waitForRedis(worker);
     if (this.state !== 'starting') return; // closed while starting
+    await this.checkDatabaseIdentity(this.connection, this.store);
+    this.lease = new WriterLease(this.connection, `bull:${o.queue}:userops:writer`, this.token, o.writerLeaseMs, this.log, (role) =>
+      role === 'writer'
+        ? this.log.info('writer role taken: applying jobs')
+        : this.log.warn('another consumer is the writer: standing by, ready to take over'),
+    );
+    await this.lease.start();
     void worker.startStalledCheckTimer().catch((err: unknown) => this.log.error({ err }, 'stalled-job checker stopped'));
     this.loopDone = this.loop(worker);
     this.pruneTimer = setInterval(() => this.pruneLedger(), o.ledgerPruneIntervalMs);
@@ -151,9 +168,33 @@ export class UserOpsConsumer {
     }
   }
 
+  /**
+   * Refuses to serve a queue that was served from another database file: two files written from
+   * one queue would each hold half of the users.
+   */
+  private async checkDatabaseIdentity(redis: Redis, store: Store): Promise<void> {
+    const key = `bull:${this.options.queue}:userops:db`;
+    const mine = store.dbId;
+    if ((await redis.set(key, mine, 'NX')) === 'OK') return;
+    const theirs = await redis.get(key);
+    if (theirs === mine) return;
+    await this.close();
+    throw new ConfigError(
+      [{ path: 'USEROPS_DB', message: `database ${mine} is not the queue's database ${String(theirs)}` }],
+      `Queue ${this.options.queue} is served from database ${String(theirs)}, but ${this.options.dbPath} is database ${mine}. ` +
+        `Point USEROPS_DB at that database (or a backup of it), or use another queue. If the old database is gone for good, ` +
+        `delete the Redis key ${key} to serve the queue from this one.`,
+    );
+  }
+
   /** The single writer: take a group, commit it, acknowledge it; until closed. */
   private async loop(worker: Worker<unknown, JobResults>): Promise<void> {
     for (let failures = 0; !this.stopping.signal.aborted; ) {
+      if (!this.lease?.held()) {
+        // Standing by: take nothing while another consumer is the writer.
+        await sleep(STANDBY_POLL_MS, undefined, { signal: this.stopping.signal }).catch(() => undefined);
+        continue;
+      }
       try {
         const waitStarted = performance.now();
         const group = await this.takeGroup(worker);
@@ -196,6 +237,12 @@ export class UserOpsConsumer {
   }
 
   private async commitGroup(group: Job<unknown, JobResults>[], takeMs: number): Promise<void> {
+    if (!this.lease?.held()) {
+      // The lease lapsed while the group was gathered (a frozen process, a slow Redis): another
+      // consumer may be the writer now. Commit nothing; hand the jobs back in their order.
+      await this.handBack(group, undefined);
+      return;
+    }
     const started = performance.now();
     const acks: Promise<unknown>[] = [];
     const valid: ValidJob[] = [];
@@ -271,7 +318,7 @@ export class UserOpsConsumer {
 
   /** Returns uncommitted jobs to the head of the queue in their order, for the next consumer. */
   private async handBack(jobs: Job<unknown, JobResults>[], code: string | undefined): Promise<void> {
-    this.log.warn({ code, jobs: jobs.length }, 'shutting down during a storage error; jobs returned to the queue');
+    this.log.warn({ code, jobs: jobs.length }, 'jobs returned to the head of the queue, uncommitted');
     // Each moveToWait pushes to the head, so the last job goes first to keep the first in front.
     for (const job of [...jobs].reverse()) {
       await job.moveToWait(this.token).catch((err: unknown) => this.log.warn({ err, jobId: job.id }, 'could not return job; it will be re-delivered when its lock expires'));
@@ -313,6 +360,8 @@ export class UserOpsConsumer {
     // polite close would QUIT behind the blocking fetch and wait out its drainDelay.
     await settleWithin(this.worker?.close(true), redisUp ? 2000 : 1000);
     await settleWithin(this.loopDone, 1000);
+    // Released at once so a standby takes over without waiting for the lease to expire.
+    await settleWithin(this.lease?.stop(), 1000);
     this.redis?.stopReconnecting();
     for (const [name, step] of [
       ['sqlite', () => this.store?.close()],

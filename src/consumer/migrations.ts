@@ -29,6 +29,11 @@ const MIGRATIONS: readonly string[] = [
   `
   ALTER TABLE ledger ADD COLUMN payload_hash TEXT NOT NULL DEFAULT '';
   `,
+  // 3: the database's identity, so a queue served from one file refuses a consumer on another.
+  `
+  CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) STRICT;
+  INSERT INTO meta (key, value) VALUES ('db_id', lower(hex(randomblob(16))));
+  `,
 ];
 
 /** The schema version this build writes. */

@@ -47,16 +47,24 @@ export interface ConsumerOptions {
    */
   ledgerPruneIntervalMs?: number;
   /**
-   * BullMQ job lock duration. A consumer that dies holding a job releases it when the lock expires,
-   * so this bounds recovery time; jobs take milliseconds, so a short lock is safe.
-   * @defaultValue 10 s
+   * BullMQ job lock duration. A consumer that dies holding jobs releases them when the lock
+   * expires, so this bounds recovery time. Jobs are held only for the milliseconds a group commit
+   * takes (and locks are renewed while a storage error is retried), so a short lock is safe.
+   * @defaultValue 5 s
    */
   lockDurationMs?: number;
   /**
    * How long SQLite waits for a lock held by another connection before the job is retried.
-   * @defaultValue 5000
+   * Must stay below `lockDurationMs` minus 2 s.
+   * @defaultValue 2000
    */
   busyTimeoutMs?: number;
+  /**
+   * Lifetime of the writer lease: only its holder applies jobs, and a standby consumer takes over
+   * this long after the writer dies (at once when it shuts down cleanly).
+   * @defaultValue 5000
+   */
+  writerLeaseMs?: number;
   /**
    * How long to wait for Redis at start before giving up with a clear error.
    * @defaultValue 30 s
@@ -75,8 +83,9 @@ const schema = z.strictObject({
   maxOpsPerCommit: z.number().int().min(1).max(1_000_000).default(2000),
   ledgerRetentionMs: z.number().int().min(60_000, 'must be at least one minute').default(7 * 24 * HOUR),
   ledgerPruneIntervalMs: z.number().int().min(1000).default(HOUR),
-  lockDurationMs: z.number().int().min(1000).max(600_000).default(10_000),
-  busyTimeoutMs: z.number().int().min(0).max(600_000).default(5000),
+  lockDurationMs: z.number().int().min(1000).max(600_000).default(5000),
+  busyTimeoutMs: z.number().int().min(0).max(600_000).default(2000),
+  writerLeaseMs: z.number().int().min(1000).max(600_000).default(5000),
   startTimeoutMs: z.number().int().min(0).default(30_000),
 });
 

@@ -155,6 +155,11 @@ export class Store {
     return this.stmt.list.all(args.after ?? '', args.limit ?? DEFAULT_LIST_LIMIT).map(toUser);
   }
 
+  /** This database's identity, created with it and kept by backups and copies of the file. */
+  get dbId(): string {
+    return (this.db.prepare("SELECT value FROM meta WHERE key = 'db_id'").get() as { value: string }).value;
+  }
+
   /** Number of users. */
   countUsers(): number {
     return (this.stmt.count.get() as { n: number }).n;

@@ -1,0 +1,77 @@
+/**
+ * The writer role: at most one consumer per queue applies jobs, whatever is started by mistake.
+ *
+ * A lease in Redis (`SET NX PX`, renewed by compare-and-extend) names the consumer that may write.
+ * Others stand by and take over when it expires. The holder also checks its own clock before each
+ * commit (`held()`), so a process that froze past its lease never commits after another took over.
+ */
+import type { Redis } from 'ioredis';
+import type { Logger } from 'pino';
+
+// Extend only if we still hold it: a lease that expired and was taken by another stays theirs.
+const RENEW = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end`;
+const RELEASE = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end`;
+
+/** Whether this consumer is the queue's writer. */
+export type WriterRole = 'writer' | 'standby';
+
+/** Holds, renews and gives up the writer lease of one queue. */
+export class WriterLease {
+  private validUntil = 0;
+  private timer?: NodeJS.Timeout;
+  private stopped = false;
+
+  /**
+   * @param key - the lease key, in the queue's own key space
+   * @param owner - this consumer's unique token
+   * @param ttlMs - how long the lease lasts unless renewed; a dead writer is replaced after this
+   */
+  constructor(
+    private readonly redis: Redis,
+    private readonly key: string,
+    private readonly owner: string,
+    private readonly ttlMs: number,
+    private readonly log: Logger,
+    private readonly onChange: (role: WriterRole) => void,
+  ) {}
+
+  /** True while the lease is ours by our own clock, with a margin for the renew in flight. */
+  held(): boolean {
+    return Date.now() < this.validUntil;
+  }
+
+  /** Starts trying to acquire, then renewing, every third of the TTL. */
+  start(): Promise<void> {
+    return this.tick();
+  }
+
+  private async tick(): Promise<void> {
+    if (this.stopped) return;
+    const wasHeld = this.held();
+    const started = Date.now();
+    try {
+      const ok = wasHeld
+        ? (await this.redis.eval(RENEW, 1, this.key, this.owner, this.ttlMs)) === 1
+        : (await this.redis.set(this.key, this.owner, 'PX', this.ttlMs, 'NX')) === 'OK';
+      // Counted from before the request: the lease may have started expiring while it travelled.
+      this.validUntil = ok ? started + this.ttlMs - Math.floor(this.ttlMs / 5) : 0;
+    } catch (err) {
+      this.log.debug({ err }, 'writer lease: Redis did not answer');
+      // Keep our clock's view: it expires on its own if Redis stays away.
+    }
+    if (this.held() !== wasHeld) this.onChange(this.held() ? 'writer' : 'standby');
+    if (!this.stopped) {
+      this.timer = setTimeout(() => void this.tick(), Math.floor(this.ttlMs / 3));
+      this.timer.unref();
+    }
+  }
+
+  /** Stops renewing and releases the lease if we hold it, so a standby takes over at once. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    if (!this.held()) return;
+    this.validUntil = 0;
+    await this.redis.eval(RELEASE, 1, this.key, this.owner).catch(() => undefined);
+  }
+}

@@ -1,0 +1,89 @@
+import assert from 'node:assert/strict';
+import { after, afterEach, before, beforeEach, describe, it } from 'node:test';
+
+import { UserOpsConsumer } from '../src/consumer/index.js';
+import { ConfigError } from '../src/index.js';
+import { spawnConsumer } from './helpers/cli.js';
+import { newClient, queueName, startConsumer, Teardown, tempDb } from './helpers/fixtures.js';
+import { TestRedis } from './helpers/redis-server.js';
+
+let redis: TestRedis;
+let t: Teardown;
+let queue: string;
+
+before(async () => {
+  redis = await TestRedis.start();
+});
+after(() => redis.stop());
+beforeEach(() => {
+  t = new Teardown();
+  queue = queueName();
+});
+afterEach(() => t.run());
+
+const user = (nickname: string) => ({ nickname, fullName: 'F', email: `${nickname}@example.com` });
+
+async function until(what: string, check: () => boolean, ms = 20_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+describe('one writer per queue', () => {
+  it('a second consumer stands by, and takes over at once when the writer shuts down', async () => {
+    const db = t.add(tempDb(), (d) => d.cleanup());
+    const a = await startConsumer(t, { redisUrl: redis.url, queue, dbPath: db.dbPath });
+    const b = await startConsumer(t, { redisUrl: redis.url, queue, dbPath: db.dbPath });
+    assert.equal(a.role, 'writer');
+    assert.equal(b.role, 'standby');
+    const client = newClient(t, { redisUrl: redis.url, queue });
+    await client.createUser(user('before'));
+    await a.close();
+    await until('b to take over', () => b.role === 'writer', 5000);
+    await client.createUser(user('after'));
+    assert.deepEqual(b.database?.listUsers({}).map((u) => u.nickname), ['after', 'before']);
+  });
+
+  it('takes over within seconds from a writer killed under load; every call applied once', async () => {
+    const db = t.add(tempDb(), (d) => d.cleanup());
+    const env = { REDIS_URL: redis.url, USEROPS_QUEUE: queue, USEROPS_DB: db.dbPath, LOG_LEVEL: 'info' };
+    const first = spawnConsumer(env);
+    t.add(first, async (p) => {
+      if (p.child.exitCode === null) p.child.kill('SIGKILL');
+      await p.exited;
+    });
+    await first.waitFor(/writer role taken/);
+    const standby = await startConsumer(t, { redisUrl: redis.url, queue, dbPath: db.dbPath });
+    assert.equal(standby.role, 'standby');
+
+    const client = newClient(t, { redisUrl: redis.url, queue, timeoutMs: 60_000 });
+    let resolved = 0;
+    const calls = Array.from({ length: 1000 }, (_, i) => client.createUser(user(`k${i}`)).then((u) => (resolved++, u)));
+    await until('some calls to resolve', () => resolved >= 100);
+    first.child.kill('SIGKILL');
+    const killed = Date.now();
+    await until('the standby to take over', () => standby.role === 'writer', 15_000);
+    const users = await Promise.all(calls);
+    assert.deepEqual(users.map((u) => u.nickname), calls.map((_, i) => `k${i}`), 'each create returned its own user, none "exists"');
+    assert.equal(standby.database?.countUsers(), 1000);
+    assert.ok(Date.now() - killed < 30_000, `recovered in ${Date.now() - killed} ms`);
+  });
+
+  it('refuses a consumer whose database is not the one the queue was served from', async () => {
+    const one = t.add(tempDb(), (d) => d.cleanup());
+    const other = t.add(tempDb(), (d) => d.cleanup());
+    const a = await startConsumer(t, { redisUrl: redis.url, queue, dbPath: one.dbPath });
+    const b = t.add(new UserOpsConsumer({ redisUrl: redis.url, queue, dbPath: other.dbPath }), (c) => c.close());
+    await assert.rejects(b.start(), (err: unknown) => {
+      assert.ok(err instanceof ConfigError);
+      assert.match(err.message, new RegExp(`Queue ${queue} is served from database ${a.database?.dbId}, but ${other.dbPath} is database`));
+      return true;
+    });
+    // The same file, reopened (or a backup of it), is welcome.
+    await a.close();
+    const again = await startConsumer(t, { redisUrl: redis.url, queue, dbPath: one.dbPath });
+    await until('the reopened consumer to write', () => again.role === 'writer', 5000);
+  });
+});
