@@ -50,6 +50,46 @@ describe('faults', () => {
     assert.equal(consumer.database?.countUsers(), 1, 'the rejected call was never applied');
   });
 
+  it('Redis killed and restarted under load: every call settles, every resolved op is in SQLite', async () => {
+    const redis = t.add(await TestRedis.start(), (r) => r.stop());
+    const db = t.add(tempDb(), (d) => d.cleanup());
+    const consumer = await startConsumer(t, { redisUrl: redis.url, queue, dbPath: db.dbPath });
+    const client = newClient(t, { redisUrl: redis.url, queue, timeoutMs: 20_000, connectTimeoutMs: 1000 });
+    const outcomes: Promise<PromiseSettledResult<unknown>>[] = [];
+    let stop = false;
+    const load = (async () => {
+      for (let i = 0; !stop; i++) {
+        outcomes.push(Promise.allSettled([client.createUser(user(`r${i}`))]).then(([o]) => o as PromiseSettledResult<unknown>));
+        await new Promise((r) => setTimeout(r, 2));
+      }
+    })();
+    await new Promise((r) => setTimeout(r, 500));
+    await redis.kill();
+    await new Promise((r) => setTimeout(r, 1000));
+    await redis.restart();
+    await new Promise((r) => setTimeout(r, 1500));
+    stop = true;
+    await load;
+    const settled = await Promise.all(outcomes);
+    const codes = new Map<string, number>();
+    for (const o of settled) {
+      const code = o.status === 'fulfilled' ? 'ok' : String((o.reason as { code?: string }).code);
+      codes.set(code, (codes.get(code) ?? 0) + 1);
+    }
+    // Every failure says what happened, in a code a caller can act on.
+    for (const code of codes.keys()) assert.ok(['ok', 'REDIS_UNAVAILABLE'].includes(code), `unexpected ${code}: ${JSON.stringify([...codes])}`);
+    assert.ok((codes.get('ok') ?? 0) > 0, JSON.stringify([...codes]));
+    // Every resolved create is in SQLite, and nothing unresolved-but-said-unavailable is.
+    const rows = consumer.database?.db.prepare('SELECT nickname FROM users').all() as { nickname: string }[];
+    const created = new Set(rows.map((r) => r.nickname));
+    settled.forEach((o, i) => {
+      if (o.status === 'fulfilled') assert.ok(created.has(`r${i}`), `r${i} resolved but is not in SQLite`);
+      else if ((o.reason as { code?: string }).code === 'REDIS_UNAVAILABLE') assert.ok(!created.has(`r${i}`), `r${i} said unavailable yet applied`);
+    });
+    // And the system is whole again.
+    assert.equal((await client.createUser(user('after'))).nickname, 'after');
+  });
+
   it('settles a call whose completion event was lost, by reading the job from Redis', async () => {
     const redis = t.add(await TestRedis.start(), (r) => r.stop());
     const db = t.add(tempDb(), (d) => d.cleanup());

@@ -71,6 +71,35 @@ describe('one writer per queue', () => {
     assert.ok(Date.now() - killed < 30_000, `recovered in ${Date.now() - killed} ms`);
   });
 
+  it('survives its consumer killed three times under load: every call answered once, with its own result', async () => {
+    const db = t.add(tempDb(), (d) => d.cleanup());
+    const env = { REDIS_URL: redis.url, USEROPS_QUEUE: queue, USEROPS_DB: db.dbPath, LOG_LEVEL: 'info' };
+    const client = newClient(t, { redisUrl: redis.url, queue, timeoutMs: 90_000 });
+    let resolved = 0;
+    const calls = Array.from({ length: 3000 }, (_, i) => client.createUser(user(`s${i}`)).then((u) => (resolved++, u)));
+    for (let kill = 1; kill <= 3; kill++) {
+      const proc = spawnConsumer(env);
+      t.add(proc, async (p) => {
+        if (p.child.exitCode === null) p.child.kill('SIGKILL');
+        await p.exited;
+      });
+      const before = resolved;
+      await until(`progress before kill ${kill}`, () => resolved > before + 100);
+      proc.child.kill('SIGKILL');
+      await proc.exited;
+    }
+    const last = spawnConsumer(env);
+    t.add(last, async (p) => {
+      if (p.child.exitCode === null) p.child.kill('SIGKILL');
+      await p.exited;
+    });
+    const users = await Promise.all(calls);
+    assert.deepEqual(users.map((u) => u.nickname), calls.map((_, i) => `s${i}`), 'no create came back as "exists"');
+    const { Store } = await import('../src/consumer/store.js');
+    const store = t.add(new Store(db.dbPath), (s) => s.close());
+    assert.equal(store.countUsers(), 3000, 'each applied once');
+  });
+
   it('refuses a consumer whose database is not the one the queue was served from', async () => {
     const one = t.add(tempDb(), (d) => d.cleanup());
     const other = t.add(tempDb(), (d) => d.cleanup());

@@ -60,6 +60,8 @@ export class Dispatcher {
   private readonly inFlight = new Map<string, PendingCall[]>();
   private readonly inFlightSince = new Map<string, number>();
   private readonly withdrawals = new Map<string, Promise<boolean>>();
+  /** Jobs whose add failed after it may have reached Redis. */
+  readonly uncertain = new Set<string>();
   /** Calls submitted and not yet settled; bounded by `maxPendingCalls`. */
   private pending = 0;
   private sending = false;
@@ -129,9 +131,10 @@ export class Dispatcher {
     this.send(jobId, payload)
       .catch((err: unknown) => {
         if (!(err instanceof RedisUnavailableError)) {
-          // Maybe enqueued: its outcome may still arrive (event or reconcile), else the timeout
-          // says applied: "unknown". Failing it now could make a caller retry an applied op.
+          // Maybe enqueued: its outcome may still arrive (event or reconcile), and reconciling
+          // finds out if it never arrived. Failing it now could make a caller retry an applied op.
           this.log.warn({ jobId, err }, 'adding a job failed after it may have reached Redis');
+          this.uncertain.add(jobId);
           return;
         }
         // Not enqueued, and Redis is unreachable: every call waiting to be sent fails with it
@@ -187,6 +190,11 @@ export class Dispatcher {
     for (const call of calls) this.settle(call, err);
   }
 
+  /** A job that was being added when the connection failed never reached Redis: nothing ran. */
+  lost(jobId: string, err: RedisUnavailableError): void {
+    for (const call of this.finish(jobId) ?? []) this.settle(call, err);
+  }
+
   /** Jobs in flight for longer than `ms`: candidates for reconciling after missed events. */
   jobIdsOlderThan(ms: number): string[] {
     const before = Date.now() - ms;
@@ -198,6 +206,7 @@ export class Dispatcher {
     if (!calls) return undefined;
     this.inFlight.delete(jobId);
     this.inFlightSince.delete(jobId);
+    this.uncertain.delete(jobId);
     queueMicrotask(() => this.pump());
     return calls;
   }

@@ -20,6 +20,8 @@ const CLOSE_DEADLINE_MS = 2000;
 export interface Outcomes {
   completed(jobId: string, returnValue: unknown): void;
   failed(jobId: string, reason: string): void;
+  /** A job whose add failed mid-flight turned out never to have reached Redis. */
+  lost(jobId: string, err: RedisUnavailableError): void;
 }
 
 interface Parts {
@@ -78,12 +80,20 @@ export class QueueLink {
     }
   }
 
-  /** Reads finished jobs among `jobIds` straight from Redis and reports their outcomes. */
-  async reconcile(jobIds: string[]): Promise<void> {
+  /**
+   * Reads finished jobs among `jobIds` straight from Redis and reports their outcomes; of the
+   * `uncertain` ones (adds that failed mid-flight), reports those Redis never received as lost.
+   */
+  async reconcile(jobIds: string[], uncertain: ReadonlySet<string>): Promise<void> {
     const parts = this.parts;
     if (!parts || parts.commands.status !== 'ready' || jobIds.length === 0) return;
-    const jobs = await Promise.all(jobIds.map((id) => parts.queue.getJob(id).catch(() => undefined)));
-    for (const job of jobs as (Job | undefined)[]) {
+    const jobs = await Promise.all(jobIds.map((id) => parts.queue.getJob(id).then((job) => job, () => null)));
+    jobs.forEach((job, i) => {
+      const id = jobIds[i] as string;
+      // Absent (not merely unreadable): completed jobs are kept an hour, so it never arrived.
+      if (job === undefined && uncertain.has(id)) this.outcomes.lost(id, this.unavailable(new Error('the connection failed while the job was being added; it never reached Redis')));
+    });
+    for (const job of jobs as (Job | undefined | null)[]) {
       if (!job?.id || !job.finishedOn) continue;
       this.log.debug({ jobId: job.id }, 'settled a call from the job itself (its event was missed)');
       if (job.failedReason && (await job.isFailed())) this.outcomes.failed(job.id, job.failedReason);
