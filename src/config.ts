@@ -7,7 +7,7 @@ import { resolve } from 'node:path';
 import { z } from 'zod';
 
 import { LOG_LEVELS, type LogLevel } from './logger.js';
-import { DEFAULT_MAX_OPS_PER_JOB, DEFAULT_QUEUE, parseWith, queueNameSchema } from './protocol/index.js';
+import { DEFAULT_MAX_JOB_BYTES, DEFAULT_MAX_OPS_PER_JOB, DEFAULT_QUEUE, parseWith, queueNameSchema } from './protocol/index.js';
 import { redisUrlSchema } from './redis.js';
 
 /** Default SQLite file, relative to the working directory. */
@@ -20,6 +20,7 @@ export const ENV_HELP: Record<string, string> = {
   USEROPS_DB: `consumer: SQLite file (default ${DEFAULT_DB_PATH})`,
   USEROPS_TIMEOUT_MS: 'client commands: how long a call may take (default 30000)',
   USEROPS_MAX_OPS_PER_JOB: `consumer: most ops one job may carry (default ${DEFAULT_MAX_OPS_PER_JOB})`,
+  USEROPS_MAX_JOB_BYTES: 'consumer: most bytes of JSON one job may carry (default 1048576)',
   USEROPS_LEDGER_RETENTION_HOURS: 'consumer: how long applied job ids are remembered (default 168)',
   LOG_LEVEL: `one of ${LOG_LEVELS.join(', ')} (default info for the consumer, error for commands)`,
 };
@@ -40,6 +41,7 @@ const envSchema = z.object({
   USEROPS_DB: optional(z.string()),
   USEROPS_TIMEOUT_MS: optional(integer(1, 24 * 3_600_000)),
   USEROPS_MAX_OPS_PER_JOB: optional(integer(1, 100_000)),
+  USEROPS_MAX_JOB_BYTES: optional(integer(1024, 512 * 1024 * 1024)),
   USEROPS_LEDGER_RETENTION_HOURS: optional(integer(1, 24 * 365)),
   LOG_LEVEL: optional(z.enum(LOG_LEVELS, { error: `must be one of ${LOG_LEVELS.join(', ')}` })),
 });
@@ -59,6 +61,7 @@ export interface ConsumerConfig {
   dbPath: string;
   logLevel: LogLevel;
   maxOpsPerJob: number;
+  maxJobBytes: number;
   ledgerRetentionMs: number;
 }
 
@@ -71,6 +74,7 @@ export function consumerConfig(env: NodeJS.ProcessEnv = process.env): ConsumerCo
     dbPath: resolve(e.USEROPS_DB ?? DEFAULT_DB_PATH),
     logLevel: e.LOG_LEVEL ?? 'info',
     maxOpsPerJob: e.USEROPS_MAX_OPS_PER_JOB ?? DEFAULT_MAX_OPS_PER_JOB,
+    maxJobBytes: e.USEROPS_MAX_JOB_BYTES ?? DEFAULT_MAX_JOB_BYTES,
     ledgerRetentionMs: (e.USEROPS_LEDGER_RETENTION_HOURS ?? 168) * 3_600_000,
   };
 }

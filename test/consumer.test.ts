@@ -77,6 +77,43 @@ describe('consumer', () => {
     assert.equal((await client.createUser({ nickname: 'after', fullName: 'A', email: 'a@example.com' })).nickname, 'after');
   });
 
+  it('survives hostile jobs: huge, deep, polluting, mistyped; stores only valid data', async () => {
+    const db = t.add(tempDb(), (d) => d.cleanup());
+    const consumer = await startConsumer(t, { redisUrl: redis.url, queue, dbPath: db.dbPath });
+    const foreign = foreignProducer();
+    let deep: unknown = { nickname: 'deep' };
+    for (let i = 0; i < 1000; i++) deep = { nested: deep };
+    const whole: [unknown, RegExp][] = [
+      [{ v: 1, ops: Array.from({ length: 10_000 }, (_, i) => create(`many${i}`)) }, /at most 1000 ops/],
+      [{ v: 1, ops: [{ op: 'user.create', args: { nickname: 'big', fullName: 'x'.repeat(4 * 1024 * 1024), email: 'b@example.com' } }] }, /bytes of JSON, more than the limit of 1048576/],
+      [JSON.parse('{"v":1,"ops":[],"__proto__":{"polluted":true}}'), /unknown key\(s\) __proto__/],
+    ];
+    for (const [data, reason] of whole) {
+      const outcome = await foreign.run(data);
+      assert.equal(outcome.state, 'failed');
+      assert.match(outcome.reason ?? '', reason);
+    }
+    const perOp = await foreign.run({
+      v: 1,
+      ops: [
+        { op: 'user.create', args: deep },
+        JSON.parse('{"op":"user.create","args":{"nickname":"p","fullName":"P","email":"p@example.com","__proto__":{"admin":true}}}'),
+        { op: 'constructor', args: {} },
+        { op: 'user.create', args: { nickname: ['a'], fullName: { x: 1 }, email: 42 } },
+        { op: 'user.list', args: { limit: 1e9 } },
+        create('fine'),
+      ],
+    });
+    assert.equal(perOp.state, 'completed');
+    const { results } = perOp.value as { results: { ok: boolean; error?: { code: string } }[] };
+    assert.deepEqual(results.map((r) => (r.ok ? 'ok' : r.error?.code)), ['INVALID_INPUT', 'INVALID_INPUT', 'INVALID_INPUT', 'INVALID_INPUT', 'INVALID_INPUT', 'ok']);
+    assert.equal(({} as Record<string, unknown>).polluted, undefined);
+    assert.equal(({} as Record<string, unknown>).admin, undefined);
+    assert.deepEqual(consumer.database?.listUsers({}).map((u) => u.nickname), ['fine'], 'only valid data stored');
+    const client = newClient(t, { redisUrl: redis.url, queue });
+    assert.equal((await client.getUser('fine')).nickname, 'fine', 'still serving');
+  });
+
   it('answers bad ops in a foreign job with per-op errors and applies the good ones', async () => {
     const db = t.add(tempDb(), (d) => d.cleanup());
     const consumer = await startConsumer(t, { redisUrl: redis.url, queue, dbPath: db.dbPath });

@@ -79,6 +79,7 @@ describe('ops and envelopes from the wire', () => {
     assert.throws(() => parseEnvelope({ v: 1, ops: {} }), /ops: must be an array/);
     assert.throws(() => parseEnvelope({ v: 1, ops: [{}, {}, {}] }, 2), /ops: must hold at most 2 ops/);
     assert.throws(() => parseEnvelope({ v: 1, ops: [{}], extra: true }), /unknown key\(s\) extra/);
+    assert.throws(() => parseEnvelope({ v: 1, ops: [{ op: 'x', args: 'y'.repeat(2000) }] }, 10, 1024), /Invalid job: data is \d+ bytes of JSON, more than the limit of 1024/);
   });
 
   it('checks result lists against the number of ops', () => {

@@ -43,6 +43,7 @@ export async function runConsumer(): Promise<void> {
     dbPath: config.dbPath,
     logger,
     maxOpsPerJob: config.maxOpsPerJob,
+    maxJobBytes: config.maxJobBytes,
     ledgerRetentionMs: config.ledgerRetentionMs,
   });
   const shutdown = async (): Promise<void> => {

@@ -108,6 +108,7 @@ export class UserOpsConsumer {
         queue: o.queue,
         db: o.dbPath,
         maxOpsPerJob: o.maxOpsPerJob,
+        maxJobBytes: o.maxJobBytes,
         lockDurationMs: o.lockDurationMs,
         ledgerRetentionMs: o.ledgerRetentionMs,
       },
@@ -248,7 +249,7 @@ export class UserOpsConsumer {
     const valid: ValidJob[] = [];
     for (const job of group) {
       try {
-        valid.push({ job, ops: parseEnvelope(job.data, this.options.maxOpsPerJob).ops });
+        valid.push({ job, ops: parseEnvelope(job.data, this.options.maxOpsPerJob, this.options.maxJobBytes).ops });
       } catch (err) {
         // Not a batch at all: retrying cannot help. Fail it now, with the reason, and move on.
         const reason = coerceError(err).message;

@@ -4,7 +4,7 @@
 import type { Logger } from 'pino';
 import { z } from 'zod';
 
-import { DEFAULT_MAX_OPS_PER_JOB, DEFAULT_QUEUE, parseWith, queueNameSchema } from '../protocol/index.js';
+import { DEFAULT_MAX_JOB_BYTES, DEFAULT_MAX_OPS_PER_JOB, DEFAULT_QUEUE, parseWith, queueNameSchema } from '../protocol/index.js';
 import { loggerSchema } from '../logger.js';
 import { DEFAULT_REDIS_URL, redisUrlSchema } from '../redis.js';
 
@@ -29,6 +29,11 @@ export interface ConsumerOptions {
    * @defaultValue 1000
    */
   maxOpsPerJob?: number;
+  /**
+   * Most bytes of JSON a job's data may take; a larger job fails as malformed.
+   * @defaultValue 1 MiB
+   */
+  maxJobBytes?: number;
   /**
    * Most ops committed in one transaction when several jobs are waiting. Larger groups share one
    * fsync among more ops; smaller ones bound how long one commit holds the consumer, and its memory.
@@ -80,6 +85,7 @@ const schema = z.strictObject({
   queue: queueNameSchema.default(DEFAULT_QUEUE),
   logger: loggerSchema.optional(),
   maxOpsPerJob: z.number().int().min(1).max(100_000).default(DEFAULT_MAX_OPS_PER_JOB),
+  maxJobBytes: z.number().int().min(1024).max(512 * 1024 * 1024).default(DEFAULT_MAX_JOB_BYTES),
   maxOpsPerCommit: z.number().int().min(1).max(1_000_000).default(2000),
   ledgerRetentionMs: z.number().int().min(60_000, 'must be at least one minute').default(7 * 24 * HOUR),
   ledgerPruneIntervalMs: z.number().int().min(1000).default(HOUR),

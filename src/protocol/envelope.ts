@@ -4,7 +4,7 @@
  */
 import { z } from 'zod';
 
-import type { WireError } from './errors.js';
+import { ValidationError, type WireError } from './errors.js';
 import { parseWith } from './validate.js';
 
 /** Protocol version written by this producer and accepted by this consumer. */
@@ -18,6 +18,9 @@ export const JOB_NAME = 'batch';
 
 /** Most ops one job may carry unless the consumer is configured otherwise. */
 export const DEFAULT_MAX_OPS_PER_JOB = 1000;
+
+/** Most bytes of JSON one job's data may take unless the consumer is configured otherwise. */
+export const DEFAULT_MAX_JOB_BYTES = 1024 * 1024;
 
 /** Queue names become Redis key segments: keep them to characters that need no escaping. */
 export const queueNameSchema = z
@@ -58,12 +61,23 @@ function envelopeSchema(maxOps: number) {
 }
 
 /**
- * Validates a job's data as a batch envelope. The ops themselves are checked one by one later, so
- * that one bad op becomes that op's error instead of failing its neighbours.
- * Throws {@link ValidationError} saying what is wrong with the envelope.
+ * Validates a job's data as a batch envelope, within the op-count and byte limits. The ops
+ * themselves are checked one by one later, so that one bad op becomes that op's error instead of
+ * failing its neighbours. Throws {@link ValidationError} saying what is wrong with the envelope.
  */
-export function parseEnvelope(data: unknown, maxOps = DEFAULT_MAX_OPS_PER_JOB): { ops: unknown[] } {
-  return parseWith(envelopeSchema(maxOps), data, 'job');
+export function parseEnvelope(
+  data: unknown,
+  maxOps = DEFAULT_MAX_OPS_PER_JOB,
+  maxBytes = DEFAULT_MAX_JOB_BYTES,
+): { ops: unknown[] } {
+  const envelope = parseWith(envelopeSchema(maxOps), data, 'job');
+  // Measured after the shape check, which already refused anything too long in ops.
+  const bytes = Buffer.byteLength(JSON.stringify(data));
+  if (bytes > maxBytes) {
+    const message = `data is ${bytes} bytes of JSON, more than the limit of ${maxBytes}`;
+    throw new ValidationError([{ path: '', message }], `Invalid job: ${message}`);
+  }
+  return envelope;
 }
 
 const wireErrorSchema = z.object({
