@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { after, afterEach, before, beforeEach, describe, it } from 'node:test';
+import { beforeEach, describe, it } from 'node:test';
 
 import Database from 'better-sqlite3';
 
@@ -12,23 +12,15 @@ import {
   UserNotFoundError,
   ValidationError,
 } from '../src/index.js';
-import { newClient, plainQueue, queueName, startConsumer, Teardown, tempDb } from './helpers/fixtures.js';
+import type { Teardown } from './helpers/fixtures.js';
+import { newClient, plainQueue, redisSuite, startConsumer, tempDb } from './helpers/fixtures.js';
 import { freePort, TestRedis } from './helpers/redis-server.js';
 
+const suite = redisSuite();
 let redis: TestRedis;
 let t: Teardown;
 let queue: string;
-
-before(async () => {
-  redis = await TestRedis.start();
-});
-after(() => redis.stop());
-
-beforeEach(() => {
-  t = new Teardown();
-  queue = queueName();
-});
-afterEach(() => t.run());
+beforeEach(() => ({ redis, t, queue } = suite));
 
 async function setup() {
   const db = t.add(tempDb(), (d) => d.cleanup());

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { after, afterEach, before, beforeEach, describe, it } from 'node:test';
+import { beforeEach, describe, it } from 'node:test';
 
 import Database from 'better-sqlite3';
 import { type Job, QueueEvents } from 'bullmq';
@@ -8,22 +8,15 @@ import { pino } from 'pino';
 
 import { UserOpsConsumer } from '../src/consumer/index.js';
 import { RedisUnavailableError } from '../src/index.js';
-import { newClient, plainQueue, queueName, startConsumer, Teardown, tempDb } from './helpers/fixtures.js';
+import type { Teardown } from './helpers/fixtures.js';
+import { newClient, plainQueue, redisSuite, startConsumer, tempDb } from './helpers/fixtures.js';
 import { freePort, TestRedis } from './helpers/redis-server.js';
 
+const suite = redisSuite();
 let redis: TestRedis;
 let t: Teardown;
 let queue: string;
-
-before(async () => {
-  redis = await TestRedis.start();
-});
-after(() => redis.stop());
-beforeEach(() => {
-  t = new Teardown();
-  queue = queueName();
-});
-afterEach(() => t.run());
+beforeEach(() => ({ redis, t, queue } = suite));
 
 /** A plain BullMQ producer and an events reader, as another service would have. */
 function foreignProducer() {

@@ -1,25 +1,18 @@
 import assert from 'node:assert/strict';
-import { after, afterEach, before, beforeEach, describe, it } from 'node:test';
+import { beforeEach, describe, it } from 'node:test';
 
 import { UserOpsConsumer } from '../src/consumer/index.js';
 import { ConfigError } from '../src/index.js';
 import { spawnConsumer } from './helpers/cli.js';
-import { newClient, queueName, startConsumer, Teardown, tempDb } from './helpers/fixtures.js';
-import { TestRedis } from './helpers/redis-server.js';
+import type { Teardown } from './helpers/fixtures.js';
+import { newClient, redisSuite, startConsumer, tempDb } from './helpers/fixtures.js';
+import type { TestRedis } from './helpers/redis-server.js';
 
+const suite = redisSuite();
 let redis: TestRedis;
 let t: Teardown;
 let queue: string;
-
-before(async () => {
-  redis = await TestRedis.start();
-});
-after(() => redis.stop());
-beforeEach(() => {
-  t = new Teardown();
-  queue = queueName();
-});
-afterEach(() => t.run());
+beforeEach(() => ({ redis, t, queue } = suite));
 
 const user = (nickname: string) => ({ nickname, fullName: 'F', email: `${nickname}@example.com` });
 

@@ -7,6 +7,8 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
+import { after, afterEach, before, beforeEach } from 'node:test';
+
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 
@@ -14,6 +16,7 @@ import { UserOpsConsumer } from '../../src/consumer/consumer.js';
 import type { ConsumerOptions } from '../../src/consumer/options.js';
 import { UserOpsClient } from '../../src/producer/client.js';
 import type { ClientOptions } from '../../src/producer/options.js';
+import { TestRedis } from './redis-server.js';
 
 /** A fresh temp folder with a database path inside; removed by `cleanup()`. */
 export function tempDb(): { dir: string; dbPath: string; cleanup: () => void } {
@@ -64,4 +67,32 @@ export function newClient(t: Teardown, options: ClientOptions): UserOpsClient {
 export function plainQueue(t: Teardown, url: string, name: string): Queue {
   const connection = t.add(new Redis(url, { maxRetriesPerRequest: null }), (c) => c.disconnect());
   return t.add(new Queue(name, { connection }), (q) => q.close());
+}
+
+/** What a test file using {@link redisSuite} gets for each test. */
+export interface SuiteContext {
+  /** One redis-server for the whole file. */
+  redis: TestRedis;
+  /** Cleanups of this test, run after it. */
+  t: Teardown;
+  /** A queue name of this test alone. */
+  queue: string;
+}
+
+/**
+ * Registers the usual hooks: a redis-server started for the file and stopped after it, and for
+ * each test a fresh Teardown (run after the test) and queue name. Fields fill in as hooks run.
+ */
+export function redisSuite(): SuiteContext {
+  const ctx = {} as SuiteContext;
+  before(async () => {
+    ctx.redis = await TestRedis.start();
+  });
+  after(() => ctx.redis.stop());
+  beforeEach(() => {
+    ctx.t = new Teardown();
+    ctx.queue = queueName();
+  });
+  afterEach(() => ctx.t.run());
+  return ctx;
 }
