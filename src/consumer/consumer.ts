@@ -1,24 +1,18 @@
 /**
- * The single-writer consumer: one loop takes jobs from the queue in order and applies them to
- * SQLite, committing every job that is waiting at that moment in one transaction (group commit).
- *
- * A commit costs an fsync (milliseconds on real disks); one fsync per job caps throughput at a few
- * hundred jobs a second however small the jobs are. Taking what is waiting, up to a cap of ops,
- * keeps one fsync per group instead, and costs an idle system nothing: a lone job is a group of one.
- * BullMQ's Worker is used in manual mode (getNextJob / moveToCompleted) for this.
+ * The single-writer consumer: its lifecycle, the writer role, and one loop that takes jobs from
+ * the queue in order and commits them in groups (see group-commit.ts).
  */
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-import { type Job, UnrecoverableError, Worker } from 'bullmq';
+import { Worker } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { type Logger, pino } from 'pino';
 
-import { coerceError, ConfigError, type JobResults, parseEnvelope, RedisUnavailableError } from '../protocol/index.js';
+import { ConfigError, type JobResults, RedisUnavailableError } from '../protocol/index.js';
 import { RedisConnections, redactUrl, settleWithin } from '../redis.js';
-import { type Applied, applyJobs } from './apply.js';
 import { type ConsumerOptions, type ResolvedConsumerOptions, resolveConsumerOptions } from './options.js';
-import { isTransientSqliteError, sqliteCode } from './sqlite-errors.js';
+import { backoffMs, GroupCommitter } from './group-commit.js';
 import { Store } from './store.js';
 import { WriterLease, type WriterRole } from './writer-lease.js';
 
@@ -26,25 +20,11 @@ import { WriterLease, type WriterRole } from './writer-lease.js';
 const KEEP_COMPLETED = { age: 3600, count: 10_000 };
 /** Failed jobs stay for an operator to inspect and retry. */
 const KEEP_FAILED = { age: 7 * 24 * 3600, count: 10_000 };
-/** Backoff between in-place retries of a transient storage error. */
-const RETRY_MIN_MS = 100;
-const RETRY_MAX_MS = 2000;
 /** How long `close()` waits for the group in hand; inside the CLI's 9 s shutdown deadline. */
 const DRAIN_DEADLINE_MS = 7000;
 
 /** How often a standby checks whether it has become the writer. */
 const STANDBY_POLL_MS = 100;
-
-/** Jobs fetched per round trip while gathering a group. */
-const FETCH_ROUND = 16;
-
-type ValidJob = { job: Job<unknown, JobResults>; ops: unknown[] };
-
-/** Ops in a job's data, for sizing a group before it is validated. */
-function opCount(data: unknown): number {
-  const ops = (data as { ops?: unknown } | null)?.ops;
-  return Array.isArray(ops) ? ops.length : 1;
-}
 
 type State = 'new' | 'starting' | 'running' | 'closing' | 'closed';
 
@@ -66,10 +46,7 @@ export class UserOpsConsumer {
   /** The group being committed, which `close()` lets finish. */
   private inHand?: Promise<void>;
   private lease?: WriterLease;
-  /** Jobs in the last group taken; sizes the first fetch round of the next. */
-  private lastGroupJobs = 1;
-  /** Acknowledgements still on their way to Redis; `close()` waits for these too. */
-  private readonly acking = new Set<Promise<void>>();
+  private committer?: GroupCommitter;
   private pruneTimer?: NodeJS.Timeout;
   private starting?: Promise<void>;
   private closing?: Promise<void>;
@@ -143,6 +120,7 @@ export class UserOpsConsumer {
         : this.log.warn('another consumer is the writer: standing by, ready to take over'),
     );
     await this.lease.start();
+    this.committer = new GroupCommitter(this.store, this.token, o, this.log, this.stopping.signal, () => this.lease?.held() ?? false);
     void worker.startStalledCheckTimer().catch((err: unknown) => this.log.error({ err }, 'stalled-job checker stopped'));
     this.loopDone = this.loop(worker);
     this.pruneTimer = setInterval(() => this.pruneLedger(), o.ledgerPruneIntervalMs);
@@ -198,131 +176,20 @@ export class UserOpsConsumer {
       }
       try {
         const waitStarted = performance.now();
-        const group = await this.takeGroup(worker);
+        const committer = this.committer as GroupCommitter;
+        const group = await committer.take(worker);
         // A group taken is committed even if close() began meanwhile: its jobs are locked to us.
         if (group.length > 0) {
-          this.inHand = this.commitGroup(group, performance.now() - waitStarted);
+          this.inHand = committer.commit(group, performance.now() - waitStarted);
           await this.inHand;
         }
         failures = 0;
       } catch (err) {
         if (this.stopping.signal.aborted) break;
-        const delay = Math.min(RETRY_MIN_MS * 2 ** failures++, RETRY_MAX_MS);
+        const delay = backoffMs(failures++);
         this.log.error({ err, retryInMs: delay }, 'consumer loop error; carrying on');
         await sleep(delay, undefined, { signal: this.stopping.signal }).catch(() => undefined);
       }
-    }
-  }
-
-  /** Blocks for one job, then takes whatever else is waiting, up to the per-commit op cap. */
-  private async takeGroup(worker: Worker<unknown, JobResults>): Promise<Job<unknown, JobResults>[]> {
-    const first = await worker.getNextJob(this.token, { block: true });
-    if (!first) return [];
-    const group = [first];
-    let ops = opCount(first.data);
-    // Several fetches at once, one round trip for all: they run in order in Redis and resolve in
-    // that order, so the group keeps queue order. A round that comes back short means drained.
-    // Each empty fetch costs ~0.15 ms, so rounds start at the size of the last group (one job when
-    // idle, keeping a lone call fast) and double while they come back full.
-    for (let round = Math.min(this.lastGroupJobs, FETCH_ROUND); ops < this.options.maxOpsPerCommit; round = Math.min(round * 2, FETCH_ROUND)) {
-      const fetched = await Promise.all(Array.from({ length: round }, () => worker.getNextJob(this.token, { block: false })));
-      const jobs = fetched.filter((job) => job !== undefined);
-      for (const job of jobs) {
-        group.push(job);
-        ops += opCount(job.data);
-      }
-      if (jobs.length < round) break;
-    }
-    this.lastGroupJobs = group.length;
-    return group;
-  }
-
-  private async commitGroup(group: Job<unknown, JobResults>[], takeMs: number): Promise<void> {
-    if (!this.lease?.held()) {
-      // The lease lapsed while the group was gathered (a frozen process, a slow Redis): another
-      // consumer may be the writer now. Commit nothing; hand the jobs back in their order.
-      await this.handBack(group, undefined);
-      return;
-    }
-    const started = performance.now();
-    const acks: Promise<unknown>[] = [];
-    const valid: ValidJob[] = [];
-    for (const job of group) {
-      try {
-        valid.push({ job, ops: parseEnvelope(job.data, this.options.maxOpsPerJob, this.options.maxJobBytes).ops });
-      } catch (err) {
-        // Not a batch at all: retrying cannot help. Fail it now, with the reason, and move on.
-        const reason = coerceError(err).message;
-        this.log.warn({ jobId: job.id, reason }, 'malformed job rejected');
-        acks.push(job.moveToFailed(new UnrecoverableError(reason), this.token, false));
-      }
-    }
-    const applied = valid.length > 0 ? await this.applyGroup(valid) : [];
-    const ms = Number((performance.now() - started).toFixed(3));
-    applied.forEach(({ job, outcome }) => {
-      if (outcome instanceof Error) {
-        this.log.error({ jobId: job.id, err: outcome }, 'job failed to apply');
-        acks.push(job.moveToFailed(outcome, this.token, false));
-        return;
-      }
-      const { results, replayed, reusedId } = outcome;
-      if (reusedId) this.log.warn({ jobId: job.id }, 'job id seen before with another payload (did Redis lose data?); applied as a new job');
-      this.log.debug({ jobId: job.id, ops: results.length, failed: results.filter((r) => !r.ok).length, replayed, groupJobs: group.length, ms }, replayed ? 'job replayed from ledger' : 'job applied');
-      acks.push(job.moveToCompleted({ results }, this.token, false));
-    });
-    this.log.debug({ jobs: group.length, takeMs: Number(takeMs.toFixed(3)), applyMs: ms }, 'group committed');
-    // The group is durable: the next one can be taken while these acknowledgements travel.
-    const acking = Promise.allSettled(acks).then((acked) => {
-      this.acking.delete(acking);
-      for (const ack of acked) {
-        if (ack.status === 'rejected') {
-          // Committed but not acknowledged: the job will be re-delivered and answered from the ledger.
-          this.log.warn({ err: coerceError(ack.reason) }, 'could not acknowledge a job; it will be re-delivered');
-        }
-      }
-    });
-    this.acking.add(acking);
-  }
-
-  /**
-   * Commits the group in one transaction, retrying in place while storage errors are transient
-   * (the jobs keep their place and their locks). If the group cannot commit for any other reason,
-   * each job is tried alone so one bad job cannot hold up the rest.
-   */
-  private async applyGroup(valid: ValidJob[]): Promise<{ job: ValidJob['job']; outcome: Applied | Error }[]> {
-    const jobs = valid.map(({ job, ops }) => ({ id: job.id as string, ops }));
-    for (let attempt = 0; ; attempt++) {
-      try {
-        return applyJobs(this.store as Store, jobs).map((outcome, i) => ({ job: (valid[i] as ValidJob).job, outcome }));
-      } catch (err) {
-        if (!isTransientSqliteError(err)) {
-          if (valid.length === 1) return [{ job: (valid[0] as ValidJob).job, outcome: coerceError(err) }];
-          this.log.warn({ err }, 'group failed to commit; applying its jobs one by one');
-          // One after another: a job retrying in place must not be overtaken by the next.
-          const outcomes = [];
-          for (const v of valid) outcomes.push(...(await this.applyGroup([v])));
-          return outcomes;
-        }
-        if (this.stopping.signal.aborted) {
-          await this.handBack(valid.map((v) => v.job), sqliteCode(err));
-          return [];
-        }
-        const delay = Math.min(RETRY_MIN_MS * 2 ** attempt, RETRY_MAX_MS);
-        this.log.warn({ err, code: sqliteCode(err), attempt, jobs: valid.length, retryInMs: delay }, 'storage error; retrying in place');
-        await sleep(delay, undefined, { signal: this.stopping.signal }).catch(() => undefined);
-        // Manually taken jobs get no automatic lock renewal: renew before every attempt, so a long
-        // outage does not make them look stalled (busyTimeoutMs + RETRY_MAX_MS < lockDurationMs).
-        await Promise.allSettled(valid.map((v) => v.job.extendLock(this.token, this.options.lockDurationMs)));
-      }
-    }
-  }
-
-  /** Returns uncommitted jobs to the head of the queue in their order, for the next consumer. */
-  private async handBack(jobs: Job<unknown, JobResults>[], code: string | undefined): Promise<void> {
-    this.log.warn({ code, jobs: jobs.length }, 'jobs returned to the head of the queue, uncommitted');
-    // Each moveToWait pushes to the head, so the last job goes first to keep the first in front.
-    for (const job of [...jobs].reverse()) {
-      await job.moveToWait(this.token).catch((err: unknown) => this.log.warn({ err, jobId: job.id }, 'could not return job; it will be re-delivered when its lock expires'));
     }
   }
 
@@ -354,7 +221,7 @@ export class UserOpsConsumer {
     // has its ledger row, so its re-delivery after restart is answered without applying twice.
     const redisUp = this.connection?.status === 'ready';
     if (!redisUp) this.redis?.stopReconnecting();
-    const inHand = this.inHand?.then(() => Promise.all(this.acking));
+    const inHand = this.inHand?.then(() => this.committer?.acknowledged());
     const drained = await settleWithin(inHand, redisUp ? DRAIN_DEADLINE_MS : 1000);
     if (!drained) this.log.warn('the group in hand did not finish in time; it will be re-delivered');
     // Forced: the group in hand is done, and BullMQ runs no jobs of its own in manual mode. A
