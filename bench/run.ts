@@ -123,19 +123,25 @@ async function startConsumer(system: 'userops' | 'baseline', redisUrl: string, q
 async function runLoad(system: 'userops' | 'baseline', redisUrl: string, producers: number, concurrency: number, durationMs: number): Promise<LoadRow> {
   const queue = `bench${++queueSeq}`;
   const consumer = await startConsumer(system, redisUrl, queue, join(work, `${queue}.db`));
-  const reports = await Promise.all(
-    Array.from({ length: producers }, (_, id) => {
-      const child = fork(join(ROOT, 'bench/producer.ts'), { execArgv: TSX, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
-      const task: ProducerTask = { system, redisUrl, queue, id, concurrency, durationMs, mix: opts.mix };
-      child.send(task);
-      return new Promise<ProducerReport>((resolve, reject) => {
-        child.once('message', (m) => resolve(m as ProducerReport));
-        child.once('exit', (code) => code !== 0 && reject(new Error(`producer exited with ${code}`)));
-      });
-    }),
-  );
-  const peakRssMb = consumer.peakRssMb();
-  await consumer.stop();
+  let reports: ProducerReport[];
+  let peakRssMb: number | undefined;
+  try {
+    reports = await Promise.all(
+      Array.from({ length: producers }, (_, id) => {
+        const child = fork(join(ROOT, 'bench/producer.ts'), { execArgv: TSX, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+        const task: ProducerTask = { system, redisUrl, queue, id, concurrency, durationMs, mix: opts.mix };
+        child.send(task);
+        return new Promise<ProducerReport>((resolve, reject) => {
+          child.once('message', (m) => resolve(m as ProducerReport));
+          child.once('exit', (code) => code !== 0 && reject(new Error(`producer exited with ${code}`)));
+        });
+      }),
+    );
+  } finally {
+    // Even when a producer fails, so a failed run leaves no consumer behind.
+    peakRssMb = consumer.peakRssMb();
+    await consumer.stop();
+  }
   const merged = hdr.build({ lowestDiscernibleValue: 1, highestTrackableValue: 120_000_000, numberOfSignificantValueDigits: 3 });
   for (const r of reports) merged.add(hdr.decodeFromCompressedBase64(r.histogram));
   const ops = reports.reduce((n, r) => n + r.ops, 0);
