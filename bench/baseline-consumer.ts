@@ -42,6 +42,8 @@ const worker = new Worker(
 await worker.waitUntilReady();
 process.stdout.write('consumer ready\n');
 process.once('SIGTERM', () => {
+  // Bounded: worker.close() never returns if Redis is gone (BullMQ #4656).
+  setTimeout(() => process.exit(0), 2000).unref();
   void worker.close().then(() => {
     store.close();
     process.exit(0);
