@@ -68,7 +68,7 @@ export class UserOpsClient {
     // Events can be missed (a reconnect, a trimmed stream): jobs in flight for a while are looked
     // up in Redis directly, so no call waits for an event that will never come.
     this.reconciler = setInterval(() => {
-      this.link.reconcile(this.dispatcher.jobIdsOlderThan(RECONCILE_AFTER_MS), this.dispatcher.uncertain).catch((err: unknown) => this.log.debug({ err }, 'reconcile failed'));
+      this.link.reconcile(this.dispatcher.jobsOlderThan(RECONCILE_AFTER_MS)).catch((err: unknown) => this.log.debug({ err }, 'reconcile failed'));
     }, RECONCILE_AFTER_MS);
     this.reconciler.unref();
   }

@@ -39,6 +39,21 @@ interface PendingCall {
   settled: boolean;
 }
 
+/** A job added (or being added) to the queue, and the calls it carries. */
+interface InFlightJob {
+  calls: PendingCall[];
+  /** When it was sent, for reconciling jobs whose events may have been missed. */
+  since: number;
+  /** Its add failed after it may have reached Redis. */
+  uncertain: boolean;
+}
+
+/** A job in flight for a while, as reconciling needs it. */
+export interface StaleJob {
+  id: string;
+  uncertain: boolean;
+}
+
 /**
  * Sends one job. Rejects with `RedisUnavailableError` when the job certainly was not enqueued;
  * any other rejection means it may have been, and its calls stay in flight.
@@ -57,11 +72,8 @@ export interface DispatchLimits {
 /** The outbox, the in-flight job map and the rules that connect them. */
 export class Dispatcher {
   private readonly outbox: PendingCall[] = [];
-  private readonly inFlight = new Map<string, PendingCall[]>();
-  private readonly inFlightSince = new Map<string, number>();
+  private readonly inFlight = new Map<string, InFlightJob>();
   private readonly withdrawals = new Map<string, Promise<boolean>>();
-  /** Jobs whose add failed after it may have reached Redis. */
-  readonly uncertain = new Set<string>();
   /** Calls submitted and not yet settled; bounded by `maxPendingCalls`. */
   private pending = 0;
   private sending = false;
@@ -124,17 +136,17 @@ export class Dispatcher {
     if (calls.length === 0) return;
     const jobId = randomUUID();
     for (const call of calls) call.jobId = jobId;
-    this.inFlight.set(jobId, calls);
+    const job: InFlightJob = { calls, since: Date.now(), uncertain: false };
+    this.inFlight.set(jobId, job);
     this.sending = true;
     const payload: JobPayload = { v: PROTOCOL_VERSION, ops: calls.map((c) => c.wire) };
-    this.inFlightSince.set(jobId, Date.now());
     this.send(jobId, payload)
       .catch((err: unknown) => {
         if (!(err instanceof RedisUnavailableError)) {
           // Maybe enqueued: its outcome may still arrive (event or reconcile), and reconciling
           // finds out if it never arrived. Failing it now could make a caller retry an applied op.
           this.log.warn({ jobId, err }, 'adding a job failed after it may have reached Redis');
-          this.uncertain.add(jobId);
+          job.uncertain = true;
           return;
         }
         // Not enqueued, and Redis is unreachable: every call waiting to be sent fails with it
@@ -196,19 +208,17 @@ export class Dispatcher {
   }
 
   /** Jobs in flight for longer than `ms`: candidates for reconciling after missed events. */
-  jobIdsOlderThan(ms: number): string[] {
+  jobsOlderThan(ms: number): StaleJob[] {
     const before = Date.now() - ms;
-    return [...this.inFlightSince].filter(([, since]) => since < before).map(([id]) => id);
+    return [...this.inFlight].filter(([, job]) => job.since < before).map(([id, job]) => ({ id, uncertain: job.uncertain }));
   }
 
   private finish(jobId: string): PendingCall[] | undefined {
-    const calls = this.inFlight.get(jobId);
-    if (!calls) return undefined;
+    const job = this.inFlight.get(jobId);
+    if (!job) return undefined;
     this.inFlight.delete(jobId);
-    this.inFlightSince.delete(jobId);
-    this.uncertain.delete(jobId);
     queueMicrotask(() => this.pump());
-    return calls;
+    return job.calls;
   }
 
   private timeOut(call: PendingCall): void {
@@ -235,7 +245,7 @@ export class Dispatcher {
         }
         this.settle(call, timeout('unknown'));
         // Stop counting a job against the window once nobody waits on it.
-        if (this.inFlight.get(jobId)?.every((c) => c.settled)) this.finish(jobId);
+        if (this.inFlight.get(jobId)?.calls.every((c) => c.settled)) this.finish(jobId);
       },
       () => this.settle(call, timeout('unknown')),
     );
@@ -255,10 +265,9 @@ export class Dispatcher {
     if (this.closed) return;
     this.closed = true;
     const err = new ClientClosedError();
-    const stranded = [...this.outbox, ...[...this.inFlight.values()].flat()];
+    const stranded = [...this.outbox, ...[...this.inFlight.values()].flatMap((job) => job.calls)];
     this.outbox.length = 0;
     this.inFlight.clear();
-    this.inFlightSince.clear();
     for (const call of stranded) this.settle(call, err);
     if (stranded.length > 0) this.log.debug({ calls: stranded.length }, 'client closed with calls pending');
   }

@@ -12,6 +12,7 @@ import type { Logger } from 'pino';
 
 import { JOB_NAME, type JobPayload, RedisUnavailableError } from '../protocol/index.js';
 import { RedisConnections, redactUrl, settleWithin } from '../redis.js';
+import type { StaleJob } from './dispatcher.js';
 
 /** Longest wait for each BullMQ close step; a healthy close takes milliseconds. */
 const CLOSE_DEADLINE_MS = 2000;
@@ -84,14 +85,14 @@ export class QueueLink {
    * Reads finished jobs among `jobIds` straight from Redis and reports their outcomes; of the
    * `uncertain` ones (adds that failed mid-flight), reports those Redis never received as lost.
    */
-  async reconcile(jobIds: string[], uncertain: ReadonlySet<string>): Promise<void> {
+  async reconcile(stale: StaleJob[]): Promise<void> {
     const parts = this.parts;
-    if (!parts || parts.commands.status !== 'ready' || jobIds.length === 0) return;
-    const jobs = await Promise.all(jobIds.map((id) => parts.queue.getJob(id).then((job) => job, () => null)));
+    if (!parts || parts.commands.status !== 'ready' || stale.length === 0) return;
+    const jobs = await Promise.all(stale.map(({ id }) => parts.queue.getJob(id).then((job) => job, () => null)));
     jobs.forEach((job, i) => {
-      const id = jobIds[i] as string;
+      const { id, uncertain } = stale[i] as StaleJob;
       // Absent (not merely unreadable): completed jobs are kept an hour, so it never arrived.
-      if (job === undefined && uncertain.has(id)) this.outcomes.lost(id, this.unavailable(new Error('the connection failed while the job was being added; it never reached Redis')));
+      if (job === undefined && uncertain) this.outcomes.lost(id, this.unavailable(new Error('the connection failed while the job was being added; it never reached Redis')));
     });
     for (const job of jobs as (Job | undefined | null)[]) {
       if (!job?.id || !job.finishedOn) continue;
