@@ -145,6 +145,22 @@ export async function settleWithin(work: Promise<unknown> | undefined, ms: numbe
   }
 }
 
+/**
+ * Resolves or rejects as `work` does, or rejects with `onExpiry()` once `ms` pass first: for
+ * waits on a connection that may never come. The timer is cleared either way.
+ */
+export async function withDeadline<T>(work: Promise<T>, ms: number, onExpiry: () => Error): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const expired = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(onExpiry()), ms);
+  });
+  try {
+    return await Promise.race([work, expired]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** Closes a connection politely, falling back to a hard disconnect if Redis does not answer. */
 export async function closeRedis(client: Redis): Promise<void> {
   if (client.status === 'end') return;

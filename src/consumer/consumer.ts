@@ -10,7 +10,7 @@ import type { Redis } from 'ioredis';
 import { type Logger, pino } from 'pino';
 
 import { ConfigError, type JobResults, RedisUnavailableError } from '../protocol/index.js';
-import { RedisConnections, redactUrl, settleWithin } from '../redis.js';
+import { RedisConnections, redactUrl, settleWithin, withDeadline } from '../redis.js';
 import { type ConsumerOptions, type ResolvedConsumerOptions, resolveConsumerOptions } from './options.js';
 import { backoffMs, GroupCommitter } from './group-commit.js';
 import { Store } from './store.js';
@@ -133,17 +133,11 @@ export class UserOpsConsumer {
 
   private async waitForRedis(worker: Worker): Promise<void> {
     const { startTimeoutMs, redisUrl } = this.options;
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new RedisUnavailableError(redactUrl(redisUrl))), startTimeoutMs);
-    });
     try {
-      await Promise.race([worker.waitUntilReady(), timeout]);
+      await withDeadline(worker.waitUntilReady(), startTimeoutMs, () => new RedisUnavailableError(redactUrl(redisUrl)));
     } catch (err) {
       await this.close();
       throw err instanceof RedisUnavailableError ? err : new RedisUnavailableError(redactUrl(redisUrl), err);
-    } finally {
-      clearTimeout(timer);
     }
   }
 

@@ -11,7 +11,7 @@ import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 
 import { JOB_NAME, type JobPayload, RedisUnavailableError } from '../protocol/index.js';
-import { RedisConnections, redactUrl, settleWithin } from '../redis.js';
+import { RedisConnections, redactUrl, settleWithin, withDeadline } from '../redis.js';
 import type { StaleJob } from './dispatcher.js';
 
 /** Longest wait for each BullMQ close step; a healthy close takes milliseconds. */
@@ -113,17 +113,11 @@ export class QueueLink {
         if (this.connecting === connecting) this.connecting = undefined;
       });
     }
-    let timer: NodeJS.Timeout | undefined;
     const ms = this.options.connectTimeoutMs;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(this.unavailable(new Error(`no connection within ${ms} ms`))), ms);
-    });
     try {
-      return await Promise.race([this.connecting, timeout]);
+      return await withDeadline(this.connecting, ms, () => new Error(`no connection within ${ms} ms`));
     } catch (err) {
       throw this.unavailable(err);
-    } finally {
-      clearTimeout(timer);
     }
   }
 
