@@ -106,6 +106,8 @@ export class GroupCommitter {
     }
     const applied = valid.length > 0 ? await this.applyGroup(valid) : [];
     const ms = Number((performance.now() - started).toFixed(3));
+    // Per-job fields cost a pass over every result; build them only when someone reads them.
+    const debug = this.log.isLevelEnabled('debug');
     applied.forEach(({ job, outcome }) => {
       if (outcome instanceof Error) {
         this.log.error({ jobId: job.id, err: outcome }, 'job failed to apply');
@@ -114,10 +116,10 @@ export class GroupCommitter {
       }
       const { results, replayed, reusedId } = outcome;
       if (reusedId) this.log.warn({ jobId: job.id }, 'job id seen before with another payload (did Redis lose data?); applied as a new job');
-      this.log.debug({ jobId: job.id, ops: results.length, failed: results.filter((r) => !r.ok).length, replayed, groupJobs: group.length, ms }, replayed ? 'job replayed from ledger' : 'job applied');
+      if (debug) this.log.debug({ jobId: job.id, ops: results.length, failed: results.filter((r) => !r.ok).length, replayed, groupJobs: group.length, ms }, replayed ? 'job replayed from ledger' : 'job applied');
       acks.push(job.moveToCompleted({ results }, this.token, false));
     });
-    this.log.debug({ jobs: group.length, takeMs: Number(takeMs.toFixed(3)), applyMs: ms }, 'group committed');
+    if (debug) this.log.debug({ jobs: group.length, takeMs: Number(takeMs.toFixed(3)), applyMs: ms }, 'group committed');
     // The group is durable: the next one can be taken while these acknowledgements travel.
     const acking = Promise.allSettled(acks).then((acked) => {
       this.acking.delete(acking);
