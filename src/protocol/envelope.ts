@@ -47,7 +47,21 @@ export interface JobResults {
   results: OpResult[];
 }
 
+/** Built once per limit: building a zod schema costs more than parsing with it. */
+const envelopeSchemas = new Map<number, ReturnType<typeof buildEnvelopeSchema>>();
+
 function envelopeSchema(maxOps: number) {
+  let schema = envelopeSchemas.get(maxOps);
+  if (!schema) {
+    schema = buildEnvelopeSchema(maxOps);
+    // A process uses one or two limits; the bound only guards against a caller that varies it.
+    if (envelopeSchemas.size >= 16) envelopeSchemas.clear();
+    envelopeSchemas.set(maxOps, schema);
+  }
+  return schema;
+}
+
+function buildEnvelopeSchema(maxOps: number) {
   return z.strictObject(
     {
     v: z.literal(PROTOCOL_VERSION, { error: `must be ${PROTOCOL_VERSION} (the protocol version)` }),
