@@ -42,10 +42,11 @@ export class WriterLease {
 
   /** Starts trying to acquire, then renewing, every third of the TTL. */
   start(): Promise<void> {
-    return this.tick();
+    return this.tick(true);
   }
 
-  private async tick(): Promise<void> {
+  /** @param first - report the role even if unchanged: a standby should say so when it starts */
+  private async tick(first = false): Promise<void> {
     if (this.stopped) return;
     const wasHeld = this.held();
     const started = Date.now();
@@ -59,9 +60,9 @@ export class WriterLease {
       this.log.debug({ err }, 'writer lease: Redis did not answer');
       // Keep our clock's view: it expires on its own if Redis stays away.
     }
-    if (this.held() !== wasHeld) this.onChange(this.held() ? 'writer' : 'standby');
+    if (first || this.held() !== wasHeld) this.onChange(this.held() ? 'writer' : 'standby');
     if (!this.stopped) {
-      this.timer = setTimeout(() => void this.tick(), Math.floor(this.ttlMs / 3));
+      this.timer = setTimeout(() => void this.tick(false), Math.floor(this.ttlMs / 3));
       this.timer.unref();
     }
   }
