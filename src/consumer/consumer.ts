@@ -13,6 +13,7 @@ import { ConfigError, type JobResults, RedisUnavailableError } from '../protocol
 import { RedisConnections, redactUrl, settleWithin, withDeadline } from '../redis.js';
 import { type ConsumerOptions, type ResolvedConsumerOptions, resolveConsumerOptions } from './options.js';
 import { backoffMs, GroupCommitter } from './group-commit.js';
+import { isTransientSqliteError, sqliteCode } from './sqlite-errors.js';
 import { Store } from './store.js';
 import { WriterLease, type WriterRole } from './writer-lease.js';
 
@@ -78,7 +79,6 @@ export class UserOpsConsumer {
   private async doStart(): Promise<void> {
     const o = this.options;
     this.state = 'starting';
-    this.store = new Store(o.dbPath, o.busyTimeoutMs);
     this.log.info(
       {
         redis: redactUrl(o.redisUrl),
@@ -91,6 +91,8 @@ export class UserOpsConsumer {
       },
       'consumer starting',
     );
+    this.store = await this.openStore();
+    if (!this.store) return; // closed while waiting for the database
     this.redis = new RedisConnections(o.redisUrl, this.log);
     this.connection = this.redis.open('blocking');
     // No processor: jobs are taken by `loop()` below, a group at a time.
@@ -129,6 +131,34 @@ export class UserOpsConsumer {
     this.pruneTimer.unref();
     this.state = 'running';
     this.log.info('consumer ready');
+  }
+
+  /**
+   * Opens the database, waiting while it cannot be opened for writing (a read-only or full disk, a
+   * volume not mounted yet). Jobs wait in Redis meanwhile, so nothing is lost, and the log says
+   * why every few seconds. Other errors (a newer schema, not a database) fail the start at once.
+   */
+  private async openStore(): Promise<Store | undefined> {
+    const { dbPath, busyTimeoutMs } = this.options;
+    for (let attempt = 0; !this.stopping.signal.aborted; attempt++) {
+      try {
+        const store = new Store(dbPath, busyTimeoutMs);
+        try {
+          store.checkWritable();
+        } catch (err) {
+          store.close();
+          throw err;
+        }
+        if (attempt > 0) this.log.info({ db: dbPath }, 'database writable again');
+        return store;
+      } catch (err) {
+        if (!isTransientSqliteError(err)) throw err;
+        const retryInMs = backoffMs(attempt);
+        this.log.warn({ err, code: sqliteCode(err), db: dbPath, retryInMs }, 'database cannot be written; waiting for it (jobs stay queued)');
+        await sleep(retryInMs, undefined, { signal: this.stopping.signal }).catch(() => undefined);
+      }
+    }
+    return undefined;
   }
 
   private async waitForRedis(worker: Worker): Promise<void> {

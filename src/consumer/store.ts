@@ -58,8 +58,9 @@ export class Store {
       this.db.pragma('foreign_keys = ON');
       this.db.pragma(`busy_timeout = ${Math.trunc(busyTimeoutMs)}`);
       // Checkpoint every ~40 MB of WAL instead of ~4 MB: random updates on a large table dirty a
-      // page each, and frequent checkpoints made per-op cost grow with the table (measured:
-      // update at 1M rows 2.0x its cost at 1k rows by default, 1.2-1.4x with this).
+      // page each, and every checkpoint copies those pages into the database file and fsyncs it.
+      // Fewer, larger checkpoints cost less per op (docs/benchmarks.md); a larger interval would
+      // let the WAL outgrow a small table and slow recovery after a crash.
       this.db.pragma('wal_autocheckpoint = 10000');
       migrate(this.db);
     } catch (err) {
@@ -153,6 +154,16 @@ export class Store {
   /** Users in nickname order, starting after `after`: keyset pagination, flat cost per page. */
   listUsers(args: OpArgs['user.list']): User[] {
     return this.stmt.list.all(args.after ?? '', args.limit ?? DEFAULT_LIST_LIMIT).map(toUser);
+  }
+
+  /**
+   * Throws the SQLite error (SQLITE_READONLY, SQLITE_CANTOPEN, SQLITE_BUSY...) if this connection
+   * cannot take the write lock now. SQLite quietly opens a file it may not write read-only, and
+   * would only say so at the first commit.
+   */
+  checkWritable(): void {
+    this.db.exec('BEGIN IMMEDIATE');
+    this.db.exec('ROLLBACK');
   }
 
   /** This database's identity, created with it and kept by backups and copies of the file. */
