@@ -207,37 +207,58 @@ async function backlog(redisUrl: string, total: number) {
   return { ops: total, seconds, opsPerSec: total / seconds, peakRssMb, failedJobs: failed };
 }
 
-/** Cost of get and update through the real apply path, at 1,000 users and at `size` users. */
+/**
+ * Cost of get and update through the real apply path, at 1,000 users and at `size` users. Two
+ * databases, filled and checkpointed first, then jobs alternate between them (swapping which goes
+ * first) so both sizes see the same disk: fsync latency here drifts by milliseconds between runs.
+ */
 function growth(size: number) {
-  const store = new Store(join(work, 'growth.db'));
-  const insert = store.db.prepare('INSERT INTO users (nickname, full_name, email, created_at, updated_at) VALUES (?, ?, ?, ?, ?)');
-  const fill = (from: number, to: number) =>
+  const open = (name: string, users: number) => {
+    const store = new Store(join(work, name));
+    const insert = store.db.prepare('INSERT INTO users (nickname, full_name, email, created_at, updated_at) VALUES (?, ?, ?, ?, ?)');
     store.db.transaction(() => {
-      for (let i = from; i < to; i++) insert.run(`g${i}`, 'Growth User', `g${i}@example.com`, i, i);
+      for (let i = 0; i < users; i++) insert.run(`g${i}`, 'Growth User', `g${i}@example.com`, i, i);
     })();
-  let job = 0;
-  const measure = (users: number) => {
-    const perOp: Record<'get' | 'update', number> = { get: 0, update: 0 };
-    for (const kind of ['get', 'update'] as const) {
-      const jobs = 200;
-      const started = performance.now();
-      for (let j = 0; j < jobs; j++) {
-        const ops = Array.from({ length: 100 }, () => {
-          const nickname = `g${Math.floor(Math.random() * users)}`;
-          return kind === 'get' ? { op: 'user.get', args: { nickname } } : { op: 'user.update', args: { nickname, fullName: 'Renamed' } };
-        });
-        applyJob(store, `growth-${job++}`, { v: 1, ops }, 1000);
-      }
-      perOp[kind] = ((performance.now() - started) * 1000) / (jobs * 100);
-    }
-    return perOp;
+    store.db.pragma('wal_checkpoint(TRUNCATE)');
+    return { store, users };
   };
-  fill(0, 1000);
-  const small = measure(1000);
-  fill(1000, size);
-  const large = measure(size);
-  store.close();
-  return { small, large, size };
+  const small = open('growth-small.db', 1000);
+  const large = open('growth-large.db', size);
+  let seq = 0;
+  const job = (db: { store: Store; users: number }, kind: 'get' | 'update') => {
+    const ops = Array.from({ length: 100 }, () => {
+      const nickname = `g${Math.floor(Math.random() * db.users)}`;
+      return kind === 'get' ? { op: 'user.get', args: { nickname } } : { op: 'user.update', args: { nickname, fullName: 'Renamed' } };
+    });
+    const started = performance.now();
+    applyJob(db.store, `growth-${seq++}`, { v: 1, ops }, 1000);
+    return performance.now() - started;
+  };
+  const perOp = { small: { get: 0, update: 0 }, large: { get: 0, update: 0 } };
+  const jobs = 200;
+  for (const kind of ['get', 'update'] as const) {
+    for (let j = 0; j < 20; j++) {
+      // warm-up, untimed
+      job(small, kind);
+      job(large, kind);
+    }
+    let smallMs = 0;
+    let largeMs = 0;
+    for (let j = 0; j < jobs; j++) {
+      if (j % 2 === 0) {
+        smallMs += job(small, kind);
+        largeMs += job(large, kind);
+      } else {
+        largeMs += job(large, kind);
+        smallMs += job(small, kind);
+      }
+    }
+    perOp.small[kind] = (smallMs * 1000) / (jobs * 100);
+    perOp.large[kind] = (largeMs * 1000) / (jobs * 100);
+  }
+  small.store.close();
+  large.store.close();
+  return { ...perOp, size };
 }
 
 async function main(): Promise<void> {
