@@ -46,7 +46,7 @@ export class Store {
    */
   constructor(
     readonly path: string,
-    busyTimeoutMs = 5000,
+    private readonly busyTimeoutMs = 5000,
   ) {
     mkdirSync(dirname(path), { recursive: true });
     this.db = new Database(path);
@@ -94,6 +94,8 @@ export class Store {
       savepoint: this.db.prepare('SAVEPOINT op'),
       release: this.db.prepare('RELEASE op'),
       rollbackTo: this.db.prepare('ROLLBACK TO op'),
+      beginImmediate: this.db.prepare('BEGIN IMMEDIATE'),
+      rollback: this.db.prepare('ROLLBACK'),
     };
   }
 
@@ -190,6 +192,26 @@ export class Store {
   /** Number of ledger rows. */
   ledgerSize(): number {
     return (this.stmt.ledgerCount.get() as { n: number }).n;
+  }
+
+  /**
+   * Checks that this connection can take the write lock, writing nothing: `ok`, or `busy` while
+   * another connection (a backup, an operator's shell) holds it. Throws when the database cannot
+   * be written at all (read-only, closed). Never waits for the lock: a health probe must not stall
+   * the event loop, which the commit path shares, for the whole busy timeout.
+   */
+  checkWritable(): 'ok' | 'busy' {
+    this.db.pragma('busy_timeout = 0');
+    try {
+      this.stmt.beginImmediate.run();
+      this.stmt.rollback.run();
+      return 'ok';
+    } catch (err) {
+      if (sqliteCode(err) === 'SQLITE_BUSY') return 'busy';
+      throw err;
+    } finally {
+      this.db.pragma(`busy_timeout = ${Math.trunc(this.busyTimeoutMs)}`);
+    }
   }
 
   /** Closes the database; safe to call twice. */
