@@ -2,28 +2,22 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
-import { after, afterEach, before, beforeEach, describe, it } from 'node:test';
+import { beforeEach, describe, it } from 'node:test';
 
 import { consumerConfig, DEFAULT_HTTP_PORT } from '../src/config.js';
 import { ConfigError } from '../src/index.js';
 import { runCli, spawnConsumer } from './helpers/cli.js';
-import { queueName, Teardown, tempDb } from './helpers/fixtures.js';
-import { freePort, TestRedis } from './helpers/redis-server.js';
+import { redisSuite, type Teardown, tempDb } from './helpers/fixtures.js';
+import { freePort } from './helpers/redis-server.js';
 
-let redis: TestRedis;
+const suite = redisSuite();
 let t: Teardown;
 let env: Record<string, string>;
-
-before(async () => {
-  redis = await TestRedis.start();
-});
-after(() => redis.stop());
 beforeEach(() => {
-  t = new Teardown();
+  t = suite.t;
   const db = t.add(tempDb(), (d) => d.cleanup());
-  env = { REDIS_URL: redis.url, USEROPS_QUEUE: queueName(), USEROPS_DB: db.dbPath, LOG_LEVEL: 'info', USEROPS_HTTP_HOST: '127.0.0.1' };
+  env = { REDIS_URL: suite.redis.url, USEROPS_QUEUE: suite.queue, USEROPS_DB: db.dbPath, LOG_LEVEL: 'info', USEROPS_HTTP_HOST: '127.0.0.1' };
 });
-afterEach(() => t.run());
 
 /** Runs the consumer healthcheck of docker-compose.yml, exactly as written there; resolves with its exit code. */
 function composeHealthcheck(port: number): Promise<number | null> {
