@@ -4,7 +4,9 @@ import { beforeEach, describe, it } from 'node:test';
 import { QueueEvents } from 'bullmq';
 import { Redis } from 'ioredis';
 
-import { type UserOpsConsumer } from '../src/consumer/index.js';
+import { pino } from 'pino';
+
+import { UserOpsConsumer } from '../src/consumer/index.js';
 import type { ConsumerOptions } from '../src/consumer/options.js';
 import { UserExistsError, UserNotFoundError } from '../src/index.js';
 import type { Teardown } from './helpers/fixtures.js';
@@ -86,6 +88,28 @@ describe('consumer HTTP server', () => {
     const samples = await scrape(base);
     assert.equal(samples.get('userops_redis_up'), 0, '/metrics answers, saying Redis is down');
     assert.equal(samples.has('userops_queue_jobs{state="waiting"}'), false, 'no stale queue depth');
+  });
+
+  it('answers /readyz 503 "starting" while Redis is awaited, then 200 once it comes', async () => {
+    const own = t.add(await TestRedis.start(), (r) => r.stop());
+    await own.kill();
+    const dbPath = t.add(tempDb(), (d) => d.cleanup()).dbPath;
+    let listening!: () => void;
+    const up = new Promise<void>((resolve) => (listening = resolve));
+    const logger = pino({ level: 'info' }, { write: (line: string) => void (line.includes('http server listening') && listening()) });
+    const consumer = t.add(new UserOpsConsumer({ redisUrl: own.url, queue, dbPath, logger, http: { port: 0, host: '127.0.0.1' } }), (c) => c.close());
+    const started = consumer.start();
+    await up;
+    const base = `http://127.0.0.1:${consumer.httpAddress?.port}`;
+    const waiting = await getJson(`${base}/readyz`);
+    assert.equal(waiting.status, 503);
+    assert.equal(waiting.body.consumer, 'starting');
+    assert.deepEqual(waiting.body.failing, ['consumer', 'redis']);
+    assert.match(String(waiting.body.redis), /^unreachable \(/);
+    assert.equal((await getJson(`${base}/healthz`)).status, 200);
+    await own.restart();
+    await started;
+    assert.equal((await getJson(`${base}/readyz`)).status, 200);
   });
 
   it('reports "closing" as not ready once close() has begun', async () => {

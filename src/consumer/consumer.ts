@@ -14,7 +14,7 @@ import { RedisConnections, redactUrl, settleWithin, withDeadline } from '../redi
 import { type ConsumerOptions, type ResolvedConsumerOptions, resolveConsumerOptions } from './options.js';
 import { backoffMs, GroupCommitter } from './group-commit.js';
 import { checkReadiness, type ConsumerState, type Readiness } from './health.js';
-import { HttpServer } from './http-server.js';
+import { DASHBOARD_PATH, HttpServer } from './http-server.js';
 import { ConsumerMetrics } from './metrics.js';
 import { Store } from './store.js';
 import { WriterLease, type WriterRole } from './writer-lease.js';
@@ -85,7 +85,8 @@ export class UserOpsConsumer {
 
   /** Whether this consumer can serve now, part by part; what `/readyz` answers. Never throws. */
   readiness(): Promise<Readiness> {
-    return checkReadiness({ state: this.state, role: this.role, redis: this.commands, store: this.store });
+    const redisError = this.commands && this.redis?.lastError(this.commands);
+    return checkReadiness({ state: this.state, role: this.role, redis: this.commands, redisError, store: this.store });
   }
 
   /** Opens SQLite, connects to Redis and starts taking jobs. Resolves when the worker is ready. */
@@ -158,6 +159,8 @@ export class UserOpsConsumer {
   private async startHttp(options: NonNullable<ResolvedConsumerOptions['http']>, queue: Queue): Promise<void> {
     try {
       this.http = await HttpServer.start(options, { readiness: () => this.readiness(), registry: this.metrics.registry, queue, log: this.log });
+      const { dashboard } = options;
+      this.log.info({ ...this.http.address, dashboard: dashboard ? DASHBOARD_PATH : false, dashboardAuth: Boolean(dashboard?.auth) }, 'http server listening');
       // close() may have begun while the server was starting, and passed its turn to close it.
       if (this.state !== 'starting') await this.http.close();
     } catch (err) {

@@ -37,12 +37,14 @@ export interface ReadinessProbe {
   role: WriterRole;
   /** A fail-fast connection (no offline queue), so a PING to a dead Redis fails at once. */
   redis: Redis | undefined;
+  /** The connection's last error (ECONNREFUSED, WRONGPASS...): says more than a failed PING. */
+  redisError: Error | undefined;
   store: Store | undefined;
 }
 
 /** Checks each part; never throws. */
 export async function checkReadiness(probe: ReadinessProbe): Promise<Readiness> {
-  const redis = await pingRedis(probe.redis);
+  const redis = await pingRedis(probe.redis, probe.redisError);
   const sqlite = checkSqlite(probe.store);
   const failing: Readiness['failing'] = [];
   if (probe.state !== 'running') failing.push('consumer');
@@ -51,8 +53,9 @@ export async function checkReadiness(probe: ReadinessProbe): Promise<Readiness> 
   return { ready: failing.length === 0, role: probe.role, consumer: probe.state, redis, sqlite, failing };
 }
 
-async function pingRedis(redis: Redis | undefined): Promise<string> {
+async function pingRedis(redis: Redis | undefined, lastError: Error | undefined): Promise<string> {
   if (!redis) return 'not connected';
+  if (redis.status !== 'ready') return `unreachable (${redis.status}): ${lastError?.message ?? 'connection lost'}`;
   try {
     await withDeadline(redis.ping(), PING_DEADLINE_MS, () => new Error(`no answer to PING within ${PING_DEADLINE_MS} ms`));
     return 'ok';

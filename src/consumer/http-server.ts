@@ -78,9 +78,7 @@ export class HttpServer {
       );
     });
     server.on('error', (err) => deps.log.error({ err }, 'http server error'));
-    const http = new HttpServer(server, deps.log);
-    deps.log.info({ ...http.address, dashboard: dashboard ? DASHBOARD_PATH : false, dashboardAuth: Boolean(options.dashboard?.auth) }, 'http server listening');
-    return http;
+    return new HttpServer(server, deps.log);
   }
 
   /** The address listened on. */
