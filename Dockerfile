@@ -34,6 +34,9 @@ VOLUME /data
 
 USER node
 
+# /healthz, /readyz, /metrics (and /dashboard when USEROPS_DASHBOARD=1); USEROPS_HTTP_PORT moves it.
+EXPOSE 9464
+
 # The consumer finishes the job in hand and exits on SIGTERM.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["node", "dist/cli/main.js"]

@@ -87,7 +87,8 @@ async function startConsumer(system: 'userops' | 'baseline', redisUrl: string, q
     system === 'userops'
       ? spawn(process.execPath, ['dist/cli/main.js', 'consumer'], {
           cwd: ROOT,
-          env: { ...process.env, REDIS_URL: redisUrl, USEROPS_QUEUE: queue, USEROPS_DB: dbPath, LOG_LEVEL: 'info' },
+          // Metrics are still recorded with the server off; a fixed port could clash with a running consumer.
+          env: { ...process.env, REDIS_URL: redisUrl, USEROPS_QUEUE: queue, USEROPS_DB: dbPath, LOG_LEVEL: 'info', USEROPS_HTTP_PORT: '0' },
           stdio: ['ignore', 'pipe', 'inherit'],
         })
       : spawn(process.execPath, [...TSX, 'bench/baseline-consumer.ts', redisUrl, queue, dbPath], {

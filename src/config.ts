@@ -2,16 +2,20 @@
  * Environment parsing for the entry points (the CLI): every variable userops reads, its default,
  * and the check that names it when it is wrong. Libraries take options, never `process.env`.
  */
+import { isIP } from 'node:net';
 import { resolve } from 'node:path';
 
 import { z } from 'zod';
 
 import { LOG_LEVELS, type LogLevel } from './logger.js';
-import { DEFAULT_MAX_JOB_BYTES, DEFAULT_MAX_OPS_PER_JOB, DEFAULT_QUEUE, parseWith, queueNameSchema } from './protocol/index.js';
+import { ConfigError, DEFAULT_MAX_JOB_BYTES, DEFAULT_MAX_OPS_PER_JOB, DEFAULT_QUEUE, parseWith, queueNameSchema } from './protocol/index.js';
 import { redisUrlSchema } from './redis.js';
 
 /** Default SQLite file, relative to the working directory. */
 export const DEFAULT_DB_PATH = './data/userops.db';
+
+/** Port of the consumer's HTTP server (probes, metrics, dashboard); Prometheus' range for exporters. */
+export const DEFAULT_HTTP_PORT = 9464;
 
 /** Environment variables and what they mean; `userops --help` and the README list these. */
 export const ENV_HELP: Record<string, string> = {
@@ -22,6 +26,11 @@ export const ENV_HELP: Record<string, string> = {
   USEROPS_MAX_OPS_PER_JOB: `consumer: most ops one job may carry (default ${DEFAULT_MAX_OPS_PER_JOB})`,
   USEROPS_MAX_JOB_BYTES: 'consumer: most bytes of JSON one job may carry (default 1048576)',
   USEROPS_LEDGER_RETENTION_HOURS: 'consumer: how long applied job ids are remembered (default 168)',
+  USEROPS_HTTP_PORT: `consumer: port of /healthz, /readyz, /metrics (default ${DEFAULT_HTTP_PORT}; 0 turns the server off)`,
+  USEROPS_HTTP_HOST: 'consumer: address the HTTP server listens on (default 0.0.0.0)',
+  USEROPS_DASHBOARD: 'consumer: 1 serves the bull-board dashboard at /dashboard (default 0)',
+  USEROPS_DASHBOARD_USER: 'consumer: dashboard basic-auth user (set with USEROPS_DASHBOARD_PASSWORD)',
+  USEROPS_DASHBOARD_PASSWORD: 'consumer: dashboard basic-auth password (never logged)',
   LOG_LEVEL: `one of ${LOG_LEVELS.join(', ')} (default info for the consumer, error for commands)`,
 };
 
@@ -35,6 +44,14 @@ const integer = (min: number, max: number) =>
     .min(min, `must be at least ${min}`)
     .max(max, `must be at most ${max}`);
 
+const flag = z
+  .enum(['1', 'true', 'yes', 'on', '0', 'false', 'no', 'off'], { error: 'must be 1 or 0 (or true/false, yes/no, on/off)' })
+  .transform((v) => ['1', 'true', 'yes', 'on'].includes(v));
+
+const hostSchema = z
+  .string()
+  .refine((h) => isIP(h) !== 0 || /^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$/.test(h), 'must be an IP address or host name, such as 0.0.0.0, :: or localhost');
+
 const envSchema = z.object({
   REDIS_URL: optional(redisUrlSchema),
   USEROPS_QUEUE: optional(queueNameSchema),
@@ -43,6 +60,11 @@ const envSchema = z.object({
   USEROPS_MAX_OPS_PER_JOB: optional(integer(1, 100_000)),
   USEROPS_MAX_JOB_BYTES: optional(integer(1024, 512 * 1024 * 1024)),
   USEROPS_LEDGER_RETENTION_HOURS: optional(integer(1, 24 * 365)),
+  USEROPS_HTTP_PORT: optional(integer(0, 65_535)),
+  USEROPS_HTTP_HOST: optional(hostSchema),
+  USEROPS_DASHBOARD: optional(flag),
+  USEROPS_DASHBOARD_USER: optional(z.string()),
+  USEROPS_DASHBOARD_PASSWORD: optional(z.string()),
   LOG_LEVEL: optional(z.enum(LOG_LEVELS, { error: `must be one of ${LOG_LEVELS.join(', ')}` })),
 });
 
@@ -63,6 +85,15 @@ export interface ConsumerConfig {
   maxOpsPerJob: number;
   maxJobBytes: number;
   ledgerRetentionMs: number;
+  /** `undefined` when USEROPS_HTTP_PORT is 0. */
+  http: HttpConfig | undefined;
+}
+
+/** The consumer's HTTP server, as `UserOpsConsumer`'s `http` option takes it. */
+export interface HttpConfig {
+  port: number;
+  host: string;
+  dashboard?: { auth?: { user: string; password: string } };
 }
 
 /** Reads the consumer's configuration; throws `ConfigError` naming the bad variable. */
@@ -76,7 +107,24 @@ export function consumerConfig(env: NodeJS.ProcessEnv = process.env): ConsumerCo
     maxOpsPerJob: e.USEROPS_MAX_OPS_PER_JOB ?? DEFAULT_MAX_OPS_PER_JOB,
     maxJobBytes: e.USEROPS_MAX_JOB_BYTES ?? DEFAULT_MAX_JOB_BYTES,
     ledgerRetentionMs: (e.USEROPS_LEDGER_RETENTION_HOURS ?? 168) * 3_600_000,
+    http: httpConfig(e),
   };
+}
+
+function httpConfig(e: Env): HttpConfig | undefined {
+  const port = e.USEROPS_HTTP_PORT ?? DEFAULT_HTTP_PORT;
+  const { USEROPS_DASHBOARD_USER: user, USEROPS_DASHBOARD_PASSWORD: password } = e;
+  const fail = (path: string, message: string): never => {
+    throw new ConfigError([{ path, message }], `Invalid environment: ${path}: ${message}`);
+  };
+  if (e.USEROPS_DASHBOARD && port === 0) fail('USEROPS_DASHBOARD', 'needs the HTTP server, but USEROPS_HTTP_PORT is 0 (off)');
+  // Half a pair of credentials is a mistake, not a wish for an open dashboard.
+  if (user !== undefined && password === undefined) fail('USEROPS_DASHBOARD_PASSWORD', 'must be set when USEROPS_DASHBOARD_USER is');
+  if (password !== undefined && user === undefined) fail('USEROPS_DASHBOARD_USER', 'must be set when USEROPS_DASHBOARD_PASSWORD is');
+  if (port === 0) return undefined;
+  const http: HttpConfig = { port, host: e.USEROPS_HTTP_HOST ?? '0.0.0.0' };
+  if (e.USEROPS_DASHBOARD) http.dashboard = user !== undefined && password !== undefined ? { auth: { user, password } } : {};
+  return http;
 }
 
 /** What the client commands (`create`, `get`, ...) run with. */

@@ -45,6 +45,7 @@ export async function runConsumer(): Promise<void> {
     maxOpsPerJob: config.maxOpsPerJob,
     maxJobBytes: config.maxJobBytes,
     ledgerRetentionMs: config.ledgerRetentionMs,
+    http: config.http,
   });
   const shutdown = async (): Promise<void> => {
     await consumer.close();

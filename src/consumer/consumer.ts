@@ -5,14 +5,17 @@
 import { randomUUID } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-import { Worker } from 'bullmq';
+import { Queue, Worker } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { type Logger, pino } from 'pino';
 
-import { ConfigError, type JobResults, RedisUnavailableError } from '../protocol/index.js';
+import { coerceError, ConfigError, type JobResults, RedisUnavailableError } from '../protocol/index.js';
 import { RedisConnections, redactUrl, settleWithin, withDeadline } from '../redis.js';
 import { type ConsumerOptions, type ResolvedConsumerOptions, resolveConsumerOptions } from './options.js';
 import { backoffMs, GroupCommitter } from './group-commit.js';
+import { checkReadiness, type ConsumerState, type Readiness } from './health.js';
+import { DASHBOARD_PATH, HttpServer } from './http-server.js';
+import { ConsumerMetrics } from './metrics.js';
 import { isTransientSqliteError, sqliteCode } from './sqlite-errors.js';
 import { Store } from './store.js';
 import { WriterLease, type WriterRole } from './writer-lease.js';
@@ -27,8 +30,6 @@ const DRAIN_DEADLINE_MS = 7000;
 /** How often a standby checks whether it has become the writer. */
 const STANDBY_POLL_MS = 100;
 
-type State = 'new' | 'starting' | 'running' | 'closing' | 'closed';
-
 /**
  * Applies the queue's jobs to one SQLite database. `start()` and `close()` are idempotent; signal
  * handling belongs to the program that owns the process (the CLI), not here.
@@ -36,11 +37,18 @@ type State = 'new' | 'starting' | 'running' | 'closing' | 'closed';
 export class UserOpsConsumer {
   private readonly options: ResolvedConsumerOptions;
   private readonly log: Logger;
-  private state: State = 'new';
+  private state: ConsumerState = 'new';
   private store?: Store;
   private redis?: RedisConnections;
   private connection?: Redis;
   private worker?: Worker<unknown, JobResults>;
+  /** Fail-fast connection for probes, scrapes and the dashboard, which must not queue behind an outage. */
+  private commands?: Redis;
+  /** The queue as probes, scrapes and the dashboard read it. */
+  private queue?: Queue;
+  private http?: HttpServer;
+  /** Why the database could not be opened, while the consumer waits for it. */
+  private storeError?: string | undefined;
   /** The lock owner of every job this consumer takes. */
   private readonly token = randomUUID();
   private loopDone?: Promise<void>;
@@ -53,11 +61,14 @@ export class UserOpsConsumer {
   private closing?: Promise<void>;
   /** Aborts in-place retry sleeps when the consumer closes. */
   private readonly stopping = new AbortController();
+  /** This consumer's Prometheus metrics, for programs that serve their own `/metrics`. */
+  readonly metrics: ConsumerMetrics;
 
   /** @param options - validated here; throws `ConfigError` naming the bad option */
   constructor(options: ConsumerOptions) {
     this.options = resolveConsumerOptions(options);
     this.log = (this.options.logger ?? pino({ level: 'silent' })).child({ component: 'consumer' });
+    this.metrics = new ConsumerMetrics({ role: () => this.role, store: () => this.store, queue: () => this.queue });
   }
 
   /** `writer` while this consumer holds the queue's writer lease, else `standby`. */
@@ -68,6 +79,17 @@ export class UserOpsConsumer {
   /** The store, once started; for admin commands and tests in the same process. */
   get database(): Store | undefined {
     return this.store;
+  }
+
+  /** Where the HTTP server listens, once started with the `http` option. */
+  get httpAddress(): { host: string; port: number } | undefined {
+    return this.http?.address;
+  }
+
+  /** Whether this consumer can serve now, part by part; what `/readyz` answers. Never throws. */
+  readiness(): Promise<Readiness> {
+    const redisError = this.commands && this.redis?.lastError(this.commands);
+    return checkReadiness({ state: this.state, role: this.role, redis: this.commands, redisError, store: this.store, storeError: this.storeError });
   }
 
   /** Opens SQLite, connects to Redis and starts taking jobs. Resolves when the worker is ready. */
@@ -91,10 +113,15 @@ export class UserOpsConsumer {
       },
       'consumer starting',
     );
-    this.store = await this.openStore();
-    if (!this.store) return; // closed while waiting for the database
     this.redis = new RedisConnections(o.redisUrl, this.log);
     this.connection = this.redis.open('blocking');
+    this.commands = this.redis.open('command');
+    this.queue = new Queue(o.queue, { connection: this.commands });
+    this.queue.on('error', (err) => this.log.debug({ err }, 'queue reader error'));
+    // Up before the database and Redis are waited for, so a consumer stuck waiting says so on /readyz.
+    if (o.http) await this.startHttp(o.http, this.queue);
+    this.store = await this.openStore();
+    if (!this.store) return; // closed while waiting for the database
     // No processor: jobs are taken by `loop()` below, a group at a time.
     const worker = new Worker<unknown, JobResults>(o.queue, null, {
       connection: this.connection,
@@ -113,7 +140,7 @@ export class UserOpsConsumer {
     this.worker = worker;
     worker.on('error', (err) => this.log.error({ err }, 'worker error'));
     worker.on('stalled', (jobId) => this.log.warn({ jobId }, 'job stalled; it will be re-delivered'));
-    await this.waitForRedis(worker);
+    await this.waitForRedis(Promise.all([worker.waitUntilReady(), this.queue.waitUntilReady()]));
     if (this.state !== 'starting') return; // closed while starting
     await this.checkDatabaseIdentity(this.connection, this.store);
     this.lease = new WriterLease(this.connection, `bull:${o.queue}:userops:writer`, this.token, o.writerLeaseMs, this.log, (role) =>
@@ -122,7 +149,7 @@ export class UserOpsConsumer {
         : this.log.warn('another consumer is the writer: standing by, ready to take over'),
     );
     await this.lease.start();
-    this.committer = new GroupCommitter(this.store, this.token, o, this.log, this.stopping.signal, () => this.lease?.held() ?? false);
+    this.committer = new GroupCommitter(this.store, this.token, o, this.log, this.stopping.signal, () => this.lease?.held() ?? false, this.metrics);
     void worker.startStalledCheckTimer().catch((err: unknown) => this.log.error({ err }, 'stalled-job checker stopped'));
     this.loopDone = this.loop(worker);
     this.pruneTimer = setInterval(() => this.pruneLedger(), o.ledgerPruneIntervalMs);
@@ -149,10 +176,12 @@ export class UserOpsConsumer {
           store.close();
           throw err;
         }
+        this.storeError = undefined;
         if (attempt > 0) this.log.info({ db: dbPath }, 'database writable again');
         return store;
       } catch (err) {
         if (!isTransientSqliteError(err)) throw err;
+        this.storeError = `cannot be written: ${coerceError(err).message}`;
         const retryInMs = backoffMs(attempt);
         this.log.warn({ err, code: sqliteCode(err), db: dbPath, retryInMs }, 'database cannot be written; waiting for it (jobs stay queued)');
         await sleep(retryInMs, undefined, { signal: this.stopping.signal }).catch(() => undefined);
@@ -161,10 +190,23 @@ export class UserOpsConsumer {
     return undefined;
   }
 
-  private async waitForRedis(worker: Worker): Promise<void> {
+  private async startHttp(options: NonNullable<ResolvedConsumerOptions['http']>, queue: Queue): Promise<void> {
+    try {
+      this.http = await HttpServer.start(options, { readiness: () => this.readiness(), registry: this.metrics.registry, queue, log: this.log });
+      const { dashboard } = options;
+      this.log.info({ ...this.http.address, dashboard: dashboard ? DASHBOARD_PATH : false, dashboardAuth: Boolean(dashboard?.auth) }, 'http server listening');
+      // close() may have begun while the server was starting, and passed its turn to close it.
+      if (this.state !== 'starting') await this.http.close();
+    } catch (err) {
+      await this.close();
+      throw err;
+    }
+  }
+
+  private async waitForRedis(ready: Promise<unknown>): Promise<void> {
     const { startTimeoutMs, redisUrl } = this.options;
     try {
-      await withDeadline(worker.waitUntilReady(), startTimeoutMs, () => new RedisUnavailableError(redactUrl(redisUrl)));
+      await withDeadline(ready, startTimeoutMs, () => new RedisUnavailableError(redactUrl(redisUrl)));
     } catch (err) {
       await this.close();
       throw err instanceof RedisUnavailableError ? err : new RedisUnavailableError(redactUrl(redisUrl), err);
@@ -256,6 +298,9 @@ export class UserOpsConsumer {
     await settleWithin(this.lease?.stop(), 1000);
     this.redis?.stopReconnecting();
     for (const [name, step] of [
+      // Last but one: until here probes hear "closing" rather than nothing.
+      ['http', () => this.http?.close()],
+      ['queue', () => settleWithin(this.queue?.close(), 1000)],
       ['sqlite', () => this.store?.close()],
       ['redis', () => this.redis?.close()],
     ] as const) {

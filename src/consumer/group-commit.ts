@@ -14,6 +14,7 @@ import type { Logger } from 'pino';
 
 import { coerceError, type JobResults, parseEnvelope } from '../protocol/index.js';
 import { type Applied, applyJobs } from './apply.js';
+import type { ConsumerMetrics } from './metrics.js';
 import type { ResolvedConsumerOptions } from './options.js';
 import { isTransientSqliteError, sqliteCode } from './sqlite-errors.js';
 import type { Store } from './store.js';
@@ -28,6 +29,13 @@ const FETCH_ROUND = 16;
 
 type UJob = Job<unknown, JobResults>;
 type ValidJob = { job: UJob; ops: unknown[] };
+
+/** Ops in validated jobs. */
+function countOps(valid: readonly ValidJob[]): number {
+  let n = 0;
+  for (const v of valid) n += v.ops.length;
+  return n;
+}
 
 /** Ops in a job's data, for sizing a group before it is validated. */
 function opCount(data: unknown): number {
@@ -46,6 +54,7 @@ export class GroupCommitter {
    * @param token - the consumer's lock token, owner of every job taken
    * @param stopping - aborted when the consumer closes: retries stop and hand their jobs back
    * @param isWriter - whether this consumer still holds the writer lease
+   * @param metrics - told of every group and job committed or rejected
    */
   constructor(
     private readonly store: Store,
@@ -54,6 +63,7 @@ export class GroupCommitter {
     private readonly log: Logger,
     private readonly stopping: AbortSignal,
     private readonly isWriter: () => boolean,
+    private readonly metrics: ConsumerMetrics,
   ) {}
 
   /** Resolves when every acknowledgement sent so far has settled. */
@@ -101,20 +111,27 @@ export class GroupCommitter {
         // Not a batch at all: retrying cannot help. Fail it now, with the reason, and move on.
         const reason = coerceError(err).message;
         this.log.warn({ jobId: job.id, reason }, 'malformed job rejected');
+        this.metrics.jobRejected('malformed');
         acks.push(job.moveToFailed(new UnrecoverableError(reason), this.token, false));
       }
     }
+    const applyStarted = performance.now();
     const applied = valid.length > 0 ? await this.applyGroup(valid) : [];
+    const committedAt = Date.now();
+    const applyMs = performance.now() - applyStarted;
     const ms = Number((performance.now() - started).toFixed(3));
+    if (applied.length > 0) this.metrics.groupCommitted(group.length, countOps(valid), applyMs / 1000);
     // Per-job fields cost a pass over every result; build them only when someone reads them.
     const debug = this.log.isLevelEnabled('debug');
-    applied.forEach(({ job, outcome }) => {
+    applied.forEach(({ job, ops, outcome }) => {
       if (outcome instanceof Error) {
         this.log.error({ jobId: job.id, err: outcome }, 'job failed to apply');
+        this.metrics.jobRejected('failed');
         acks.push(job.moveToFailed(outcome, this.token, false));
         return;
       }
       const { results, replayed, reusedId } = outcome;
+      this.metrics.jobCommitted(ops, results, replayed, job.timestamp, committedAt);
       if (reusedId) this.log.warn({ jobId: job.id }, 'job id seen before with another payload (did Redis lose data?); applied as a new job');
       if (debug) this.log.debug({ jobId: job.id, ops: results.length, failed: results.filter((r) => !r.ok).length, replayed, groupJobs: group.length, ms }, replayed ? 'job replayed from ledger' : 'job applied');
       acks.push(job.moveToCompleted({ results }, this.token, false));
@@ -138,14 +155,14 @@ export class GroupCommitter {
    * (the jobs keep their place and their locks). If the group cannot commit for any other reason,
    * each job is tried alone so one bad job cannot hold up the rest.
    */
-  private async applyGroup(valid: ValidJob[]): Promise<{ job: ValidJob['job']; outcome: Applied | Error }[]> {
+  private async applyGroup(valid: ValidJob[]): Promise<(ValidJob & { outcome: Applied | Error })[]> {
     const jobs = valid.map(({ job, ops }) => ({ id: job.id as string, ops }));
     for (let attempt = 0; ; attempt++) {
       try {
-        return applyJobs(this.store, jobs).map((outcome, i) => ({ job: (valid[i] as ValidJob).job, outcome }));
+        return applyJobs(this.store, jobs).map((outcome, i) => ({ ...(valid[i] as ValidJob), outcome }));
       } catch (err) {
         if (!isTransientSqliteError(err)) {
-          if (valid.length === 1) return [{ job: (valid[0] as ValidJob).job, outcome: coerceError(err) }];
+          if (valid.length === 1) return [{ ...(valid[0] as ValidJob), outcome: coerceError(err) }];
           this.log.warn({ err }, 'group failed to commit; applying its jobs one by one');
           // One after another: a job retrying in place must not be overtaken by the next.
           const outcomes = [];

@@ -75,6 +75,19 @@ export interface ConsumerOptions {
    * @defaultValue 30 s
    */
   startTimeoutMs?: number;
+  /**
+   * An HTTP server for probes and scrapes: `/healthz`, `/readyz`, `/metrics` and, with `dashboard`,
+   * the bull-board dashboard at `/dashboard`. Port 0 picks a free port (see `httpAddress`).
+   * Closed with the consumer.
+   * @defaultValue no server
+   */
+  http?: {
+    port: number;
+    /** @defaultValue `0.0.0.0`, so a Prometheus outside the container can scrape it */
+    host?: string;
+    /** Serve the dashboard; with `auth`, only to a browser that gives these credentials. */
+    dashboard?: { auth?: { user: string; password: string } };
+  };
 }
 
 const HOUR = 3_600_000;
@@ -93,6 +106,17 @@ const schema = z.strictObject({
   busyTimeoutMs: z.number().int().min(0).max(600_000).default(2000),
   writerLeaseMs: z.number().int().min(1000).max(600_000).default(5000),
   startTimeoutMs: z.number().int().min(0).default(30_000),
+  http: z
+    .strictObject({
+      port: z.number().int().min(0).max(65_535),
+      host: z.string().min(1, 'must be a host name or address').default('0.0.0.0'),
+      dashboard: z
+        .strictObject({
+          auth: z.strictObject({ user: z.string().min(1, 'must not be empty'), password: z.string().min(1, 'must not be empty') }).optional(),
+        })
+        .optional(),
+    })
+    .optional(),
 });
 
 // A commit blocked on a lock for busyTimeoutMs, plus the retry backoff (2 s), must fit inside

@@ -46,7 +46,7 @@ export class Store {
    */
   constructor(
     readonly path: string,
-    busyTimeoutMs = 5000,
+    private readonly busyTimeoutMs = 5000,
   ) {
     mkdirSync(dirname(path), { recursive: true });
     this.db = new Database(path);
@@ -95,6 +95,8 @@ export class Store {
       savepoint: this.db.prepare('SAVEPOINT op'),
       release: this.db.prepare('RELEASE op'),
       rollbackTo: this.db.prepare('ROLLBACK TO op'),
+      beginImmediate: this.db.prepare('BEGIN IMMEDIATE'),
+      rollback: this.db.prepare('ROLLBACK'),
     };
   }
 
@@ -156,16 +158,6 @@ export class Store {
     return this.stmt.list.all(args.after ?? '', args.limit ?? DEFAULT_LIST_LIMIT).map(toUser);
   }
 
-  /**
-   * Throws the SQLite error (SQLITE_READONLY, SQLITE_CANTOPEN, SQLITE_BUSY...) if this connection
-   * cannot take the write lock now. SQLite quietly opens a file it may not write read-only, and
-   * would only say so at the first commit.
-   */
-  checkWritable(): void {
-    this.db.exec('BEGIN IMMEDIATE');
-    this.db.exec('ROLLBACK');
-  }
-
   /** This database's identity, created with it and kept by backups and copies of the file. */
   get dbId(): string {
     return (this.db.prepare("SELECT value FROM meta WHERE key = 'db_id'").get() as { value: string }).value;
@@ -201,6 +193,27 @@ export class Store {
   /** Number of ledger rows. */
   ledgerSize(): number {
     return (this.stmt.ledgerCount.get() as { n: number }).n;
+  }
+
+  /**
+   * Checks that this connection can take the write lock, writing nothing: `ok`, or `busy` while
+   * another connection (a backup, an operator's shell) holds it. Throws when the database cannot
+   * be written at all (read-only, closed): SQLite quietly opens a file it may not write as
+   * read-only and would only say so at the first commit. Never waits for the lock: a health probe
+   * must not stall the event loop, which the commit path shares, for the whole busy timeout.
+   */
+  checkWritable(): 'ok' | 'busy' {
+    this.db.pragma('busy_timeout = 0');
+    try {
+      this.stmt.beginImmediate.run();
+      this.stmt.rollback.run();
+      return 'ok';
+    } catch (err) {
+      if (sqliteCode(err) === 'SQLITE_BUSY') return 'busy';
+      throw err;
+    } finally {
+      this.db.pragma(`busy_timeout = ${Math.trunc(this.busyTimeoutMs)}`);
+    }
   }
 
   /** Closes the database; safe to call twice. */

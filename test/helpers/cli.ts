@@ -20,7 +20,8 @@ function childEnv(env: Record<string, string | undefined>): NodeJS.ProcessEnv {
   const base = Object.fromEntries(
     Object.entries(process.env).filter(([k]) => !k.startsWith('USEROPS_') && k !== 'REDIS_URL' && k !== 'LOG_LEVEL'),
   );
-  return { ...base, ...env };
+  // Off unless a test asks for it: parallel test files would all want the default port.
+  return { ...base, USEROPS_HTTP_PORT: '0', ...env };
 }
 
 /** Runs `userops <args>` to completion. */

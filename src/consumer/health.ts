@@ -1,0 +1,76 @@
+/**
+ * Readiness: whether this consumer can do its job right now, part by part, so a failing probe
+ * says which part failed instead of just "no".
+ */
+import type { Redis } from 'ioredis';
+
+import { coerceError } from '../protocol/index.js';
+import { withDeadline } from '../redis.js';
+import type { Store } from './store.js';
+import type { WriterRole } from './writer-lease.js';
+
+/** Where a consumer is in its lifecycle. */
+export type ConsumerState = 'new' | 'starting' | 'running' | 'closing' | 'closed';
+
+/** A PING slower than this counts as Redis being unreachable: probes run every few seconds. */
+const PING_DEADLINE_MS = 1000;
+
+/** What `/readyz` answers; each part is `ok` or says what is wrong. */
+export interface Readiness {
+  /** True when every part is fine: the consumer can apply jobs, or take over as writer. */
+  ready: boolean;
+  /** `writer` applies jobs; `standby` is ready to take over when the writer goes. */
+  role: WriterRole;
+  /** `running` when ready; else the lifecycle state. */
+  consumer: ConsumerState;
+  /** `ok`, or why a PING failed. */
+  redis: string;
+  /** `ok`, `busy` (another connection holds the write lock for now; still ready), or why it cannot be written. */
+  sqlite: string;
+  /** Names of the parts that are not fine, empty when ready. */
+  failing: ('consumer' | 'redis' | 'sqlite')[];
+}
+
+/** What readiness is judged from. */
+export interface ReadinessProbe {
+  state: ConsumerState;
+  role: WriterRole;
+  /** A fail-fast connection (no offline queue), so a PING to a dead Redis fails at once. */
+  redis: Redis | undefined;
+  /** The connection's last error (ECONNREFUSED, WRONGPASS...): says more than a failed PING. */
+  redisError: Error | undefined;
+  store: Store | undefined;
+  /** Why the database is not open yet, while the consumer waits for it. */
+  storeError?: string | undefined;
+}
+
+/** Checks each part; never throws. */
+export async function checkReadiness(probe: ReadinessProbe): Promise<Readiness> {
+  const redis = await pingRedis(probe.redis, probe.redisError);
+  const sqlite = checkSqlite(probe.store, probe.storeError);
+  const failing: Readiness['failing'] = [];
+  if (probe.state !== 'running') failing.push('consumer');
+  if (redis !== 'ok') failing.push('redis');
+  if (sqlite !== 'ok' && sqlite !== 'busy') failing.push('sqlite');
+  return { ready: failing.length === 0, role: probe.role, consumer: probe.state, redis, sqlite, failing };
+}
+
+async function pingRedis(redis: Redis | undefined, lastError: Error | undefined): Promise<string> {
+  if (!redis) return 'not connected';
+  if (redis.status !== 'ready') return `unreachable (${redis.status}): ${lastError?.message ?? 'connection lost'}`;
+  try {
+    await withDeadline(redis.ping(), PING_DEADLINE_MS, () => new Error(`no answer to PING within ${PING_DEADLINE_MS} ms`));
+    return 'ok';
+  } catch (err) {
+    return coerceError(err).message;
+  }
+}
+
+function checkSqlite(store: Store | undefined, openError: string | undefined): string {
+  if (!store?.db.open) return openError ?? 'not open';
+  try {
+    return store.checkWritable();
+  } catch (err) {
+    return coerceError(err).message;
+  }
+}
