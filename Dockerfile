@@ -39,5 +39,6 @@ EXPOSE 9464
 
 # The consumer finishes the job in hand and exits on SIGTERM.
 STOPSIGNAL SIGTERM
-ENTRYPOINT ["node", "dist/cli/main.js"]
+# Executed directly, so its shebang sets the V8 flags the daemon is measured with (src/cli/main.ts).
+ENTRYPOINT ["/app/dist/cli/main.js"]
 CMD ["consumer"]

@@ -85,7 +85,7 @@ let queueSeq = 0;
 async function startConsumer(system: 'userops' | 'baseline', redisUrl: string, queue: string, dbPath: string) {
   const child: ChildProcess =
     system === 'userops'
-      ? spawn(process.execPath, ['dist/cli/main.js', 'consumer'], {
+      ? spawn(join(ROOT, 'dist/cli/main.js'), ['consumer'], { // as `npm start` runs it: the shebang's V8 flags apply
           cwd: ROOT,
           // Metrics are still recorded with the server off; a fixed port could clash with a running consumer.
           env: { ...process.env, REDIS_URL: redisUrl, USEROPS_QUEUE: queue, USEROPS_DB: dbPath, LOG_LEVEL: 'info', USEROPS_HTTP_PORT: '0' },
