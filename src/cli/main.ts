@@ -148,4 +148,9 @@ async function main(argv: string[]): Promise<void> {
   }
 }
 
+// `userops list | head` closes stdout early: that is the reader's choice, not a crash.
+process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+  if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+  throw err;
+});
 await main(process.argv);
