@@ -19,7 +19,9 @@ export const DEFAULT_HTTP_PORT = 9464;
 
 /** Environment variables and what they mean; `userops --help` and the README list these. */
 export const ENV_HELP: Record<string, string> = {
-  REDIS_URL: 'Redis URL, redis:// or rediss:// with optional user:password (default redis://127.0.0.1:6379)',
+  REDIS_URL:
+    'Redis URL (default redis://127.0.0.1:6379): redis:// or rediss:// (TLS) with optional user:password, ' +
+    'redis+cluster://host:port,host:port,... for a Cluster, redis+sentinel://host:port,.../<master> for Sentinel',
   USEROPS_QUEUE: `queue name (default ${DEFAULT_QUEUE})`,
   USEROPS_DB: `consumer: SQLite file (default ${DEFAULT_DB_PATH})`,
   USEROPS_TIMEOUT_MS: 'client commands: how long a call may take (default 30000)',

@@ -2,9 +2,13 @@
  * Redis connections for both sides of the queue: one place that knows how a URL becomes an ioredis
  * client, which options each kind of connection needs, and how to print a URL without its secrets.
  */
-import { Redis, type RedisOptions } from 'ioredis';
+import { Cluster, Redis, type RedisOptions } from 'ioredis';
 import type { Logger } from 'pino';
 import { z } from 'zod';
+
+import { parseRedisUrl, redactUrl, type RedisTarget } from './redis-url.js';
+
+export { bullPrefix, redactUrl, userOpsKey } from './redis-url.js';
 
 /** Default Redis when neither an option nor `REDIS_URL` names one. */
 export const DEFAULT_REDIS_URL = 'redis://127.0.0.1:6379';
@@ -16,35 +20,13 @@ export const DEFAULT_REDIS_URL = 'redis://127.0.0.1:6379';
  */
 export type ConnectionRole = 'command' | 'blocking';
 
-/** Returns the URL with any password replaced by `***`, fit for logs and error messages. */
-export function redactUrl(url: string): string {
-  try {
-    const parsed = new URL(url);
-    if (parsed.password) parsed.password = '***';
-    return parsed.toString();
-  } catch {
-    return '<unparseable Redis URL>';
-  }
-}
-
 /**
- * Validates a Redis URL and returns an error message, or `undefined` when it is usable.
- * Accepts `redis://` and `rediss://` (TLS), with optional user, password and database number.
+ * Validates a Redis URL (any form {@link parseRedisUrl} accepts) and returns an error message, or
+ * `undefined` when it is usable.
  */
 export function checkRedisUrl(url: string): string | undefined {
-  let parsed: URL;
-  try {
-    parsed = new URL(url);
-  } catch {
-    return 'expected a URL like redis://[user:password@]host:port[/db]';
-  }
-  if (parsed.protocol !== 'redis:' && parsed.protocol !== 'rediss:') {
-    return `expected the scheme redis:// or rediss://, got ${parsed.protocol}//`;
-  }
-  if (!parsed.hostname) return 'expected a host, as in redis://host:6379';
-  const db = parsed.pathname.replace(/^\//, '');
-  if (db !== '' && !/^\d{1,2}$/.test(db)) return `expected a database number after the host, got /${db}`;
-  return undefined;
+  const target = parseRedisUrl(url);
+  return typeof target === 'string' ? target : undefined;
 }
 
 /** A Redis URL, checked by {@link checkRedisUrl}. */
@@ -70,10 +52,17 @@ export class RedisConnections {
    * @param url - the Redis URL; never logged without {@link redactUrl}
    * @param logger - connection errors are logged here, once per outage
    */
+  private readonly target: RedisTarget;
+
   constructor(
     readonly url: string,
     private readonly logger: Logger,
-  ) {}
+  ) {
+    const target = parseRedisUrl(url);
+    // Options are validated before they get here; this is a programming error, not a user's.
+    if (typeof target === 'string') throw new TypeError(`invalid Redis URL ${redactUrl(url)}: ${target}`);
+    this.target = target;
+  }
 
   /** Opens a connection for `role`. */
   open(role: ConnectionRole, extra: RedisOptions = {}): Redis {
@@ -87,7 +76,7 @@ export class RedisConnections {
         : { enableOfflineQueue: true, maxRetriesPerRequest: null }),
       ...extra,
     };
-    const client = new Redis(this.url, options);
+    const client = connect(this.target, options);
     const where = { redis: redactUrl(this.url), role };
     let down = false;
     client.on('error', (err: Error) => {
@@ -125,6 +114,50 @@ export class RedisConnections {
   async close(): Promise<void> {
     this.closing = true;
     await Promise.all(this.clients.map((c) => closeRedis(c)));
+  }
+}
+
+/**
+ * A client for `target`. A Cluster is returned typed as `Redis`: it answers the same commands,
+ * BullMQ takes either, and the few members that differ (`status`, `quit`, `disconnect`,
+ * `duplicate`, events) behave alike; one cast here spares every caller a union type.
+ */
+function connect(target: RedisTarget, options: RedisOptions): Redis {
+  switch (target.mode) {
+    case 'standalone':
+      return new Redis(target.url, options);
+    case 'sentinel': {
+      const { sentinels, name, db, username, password, sentinelUsername, sentinelPassword, tls } = target;
+      return new Redis({
+        ...options,
+        sentinels,
+        name,
+        db,
+        ...(username ? { username } : {}),
+        ...(password ? { password } : {}),
+        ...(sentinelUsername ? { sentinelUsername } : {}),
+        ...(sentinelPassword ? { sentinelPassword } : {}),
+        ...(tls ? { tls: {}, sentinelTLS: {}, enableTLSForSentinelMode: true } : {}),
+        // The Sentinels are asked again on every reconnect, so a failover is followed.
+        ...(options.retryStrategy ? { sentinelRetryStrategy: options.retryStrategy } : {}),
+      });
+    }
+    case 'cluster': {
+      const { nodes, username, password, tls } = target;
+      const { retryStrategy, enableOfflineQueue, lazyConnect, ...nodeOptions } = options;
+      const cluster = new Cluster(nodes, {
+        clusterRetryStrategy: retryStrategy ?? null,
+        ...(enableOfflineQueue === undefined ? {} : { enableOfflineQueue }),
+        ...(lazyConnect === undefined ? {} : { lazyConnect }),
+        redisOptions: {
+          ...nodeOptions,
+          ...(username ? { username } : {}),
+          ...(password ? { password } : {}),
+          ...(tls ? { tls: {} } : {}),
+        },
+      });
+      return cluster as unknown as Redis;
+    }
   }
 }
 

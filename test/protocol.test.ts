@@ -16,7 +16,8 @@ import {
 import { resolveClientOptions } from '../src/producer/options.js';
 import { resolveConsumerOptions } from '../src/consumer/options.js';
 import { clientConfig, consumerConfig } from '../src/config.js';
-import { redactUrl } from '../src/redis.js';
+import { bullPrefix, redactUrl } from '../src/redis.js';
+import { parseRedisUrl } from '../src/redis-url.js';
 
 describe('op arguments', () => {
   it('accepts and normalises a valid create', () => {
@@ -143,5 +144,32 @@ describe('options and environment', () => {
     assert.equal(redactUrl('redis://user:s3cret@host:6379/2'), 'redis://user:***@host:6379/2');
     assert.equal(redactUrl('rediss://:s3cret@host'), 'rediss://:***@host');
     assert.doesNotMatch(redactUrl('redis://u:s3cret@h'), /s3cret/);
+    assert.equal(redactUrl('redis+cluster://:s3cret@h1:7000,h2:7001'), 'redis+cluster://:***@h1:7000,h2:7001');
+    assert.equal(
+      redactUrl('rediss+sentinel://u:s3cret@s1,s2:26380/main/1?sentinelUsername=s&sentinelPassword=s3cret2'),
+      'rediss+sentinel://u:***@s1,s2:26380/main/1?sentinelUsername=s&sentinelPassword=***',
+    );
+    assert.equal(redactUrl('redis://u:p%40ss@host'), 'redis://u:***@host');
+  });
+
+  it('reads every REDIS_URL form, and says what is wrong with a bad one', () => {
+    assert.deepEqual(parseRedisUrl('rediss+cluster://a:b@h1,h2:7001'), {
+      mode: 'cluster', nodes: [{ host: 'h1', port: 6379 }, { host: 'h2', port: 7001 }], tls: true, username: 'a', password: 'b',
+    });
+    assert.deepEqual(parseRedisUrl('redis+sentinel://[::1]:26380,s2/main/2'), {
+      mode: 'sentinel', sentinels: [{ host: '::1', port: 26380 }, { host: 's2', port: 26379 }], name: 'main', db: 2, tls: false,
+    });
+    const bad: [string, RegExp][] = [
+      ['http://h', /expected the scheme redis:\/\/.*got http:\/\//],
+      ['redis://h1,h2', /one host only/],
+      ['redis+cluster://h1/3', /takes no path/],
+      ['redis+sentinel://s1', /master name/],
+      ['redis+sentinel://s1/m?password=x', /unknown parameter\(s\) password/],
+      ['redis+cluster://h1:0', /port from 1 to 65535/],
+    ];
+    for (const [url, message] of bad) assert.match(JSON.stringify(parseRedisUrl(url)), message, url);
+    assert.throws(() => consumerConfig({ REDIS_URL: 'redis+cluster://h1/3' }), /REDIS_URL: a cluster URL takes no path/);
+    assert.equal(bullPrefix('redis+cluster://h1', 'q'), 'bull:{q}');
+    assert.equal(bullPrefix('redis://h1', 'q'), 'bull');
   });
 });

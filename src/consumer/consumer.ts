@@ -10,7 +10,7 @@ import type { Redis } from 'ioredis';
 import { type Logger, pino } from 'pino';
 
 import { coerceError, ConfigError, type JobResults, RedisUnavailableError } from '../protocol/index.js';
-import { RedisConnections, redactUrl, settleWithin, withDeadline } from '../redis.js';
+import { bullPrefix, RedisConnections, redactUrl, settleWithin, userOpsKey, withDeadline } from '../redis.js';
 import { type ConsumerOptions, type ResolvedConsumerOptions, resolveConsumerOptions } from './options.js';
 import { backoffMs, GroupCommitter } from './group-commit.js';
 import { checkReadiness, type ConsumerState, type Readiness } from './health.js';
@@ -116,7 +116,8 @@ export class UserOpsConsumer {
     this.redis = new RedisConnections(o.redisUrl, this.log);
     this.connection = this.redis.open('blocking');
     this.commands = this.redis.open('command');
-    this.queue = new Queue(o.queue, { connection: this.commands });
+    const prefix = bullPrefix(o.redisUrl, o.queue);
+    this.queue = new Queue(o.queue, { connection: this.commands, prefix });
     this.queue.on('error', (err) => this.log.debug({ err }, 'queue reader error'));
     // Up before the database and Redis are waited for, so a consumer stuck waiting says so on /readyz.
     if (o.http) await this.startHttp(o.http, this.queue);
@@ -125,6 +126,7 @@ export class UserOpsConsumer {
     // No processor: jobs are taken by `loop()` below, a group at a time.
     const worker = new Worker<unknown, JobResults>(o.queue, null, {
       connection: this.connection,
+      prefix,
       concurrency: 1,
       autorun: false,
       // Seconds a blocking fetch waits for a job; bounds how long an idle consumer takes to stop.
@@ -143,7 +145,7 @@ export class UserOpsConsumer {
     await this.waitForRedis(Promise.all([worker.waitUntilReady(), this.queue.waitUntilReady()]));
     if (this.state !== 'starting') return; // closed while starting
     await this.checkDatabaseIdentity(this.connection, this.store);
-    this.lease = new WriterLease(this.connection, `bull:${o.queue}:userops:writer`, this.token, o.writerLeaseMs, this.log, (role) =>
+    this.lease = new WriterLease(this.connection, userOpsKey(o.redisUrl, o.queue, 'writer'), this.token, o.writerLeaseMs, this.log, (role) =>
       role === 'writer'
         ? this.log.info('writer role taken: applying jobs')
         : this.log.warn('another consumer is the writer: standing by, ready to take over'),
@@ -218,7 +220,7 @@ export class UserOpsConsumer {
    * one queue would each hold half of the users.
    */
   private async checkDatabaseIdentity(redis: Redis, store: Store): Promise<void> {
-    const key = `bull:${this.options.queue}:userops:db`;
+    const key = userOpsKey(this.options.redisUrl, this.options.queue, 'db');
     const mine = store.dbId;
     if ((await redis.set(key, mine, 'NX')) === 'OK') return;
     const theirs = await redis.get(key);

@@ -18,7 +18,7 @@ export interface ConsumerOptions {
    */
   redisUrl?: string;
   /**
-   * Queue name (under BullMQ's default `bull` prefix).
+   * Queue name, under BullMQ's default `bull` prefix (`bull:{<queue>}` on a Redis Cluster; see `bullPrefix`).
    * @defaultValue `userops`
    */
   queue?: string;

@@ -11,7 +11,7 @@ import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 
 import { JOB_NAME, type JobPayload, RedisUnavailableError } from '../protocol/index.js';
-import { RedisConnections, redactUrl, settleWithin, withDeadline } from '../redis.js';
+import { bullPrefix, RedisConnections, redactUrl, settleWithin, withDeadline } from '../redis.js';
 import type { StaleJob } from './dispatcher.js';
 
 /** Longest wait for each BullMQ close step; a healthy close takes milliseconds. */
@@ -124,7 +124,8 @@ export class QueueLink {
   private async connect(): Promise<Parts> {
     const redis = new RedisConnections(this.options.redisUrl, this.log);
     const commands = redis.open('command');
-    const queue = new Queue(this.options.queue, { connection: commands });
+    const prefix = bullPrefix(this.options.redisUrl, this.options.queue);
+    const queue = new Queue(this.options.queue, { connection: commands, prefix });
     queue.on('error', (err) => this.log.debug({ err }, 'queue error'));
     const parts: Parts = { redis, commands, queue };
     this.attempt = parts;
@@ -141,7 +142,7 @@ export class QueueLink {
       // QueueEvents reads through its own duplicate of this connection, which copies its options
       // (retry strategy included); the original need never connect.
       const blocking = redis.open('blocking', { lazyConnect: true });
-      const events = new QueueEvents(this.options.queue, { connection: blocking, lastEventId: last?.[0] ?? '0-0' });
+      const events = new QueueEvents(this.options.queue, { connection: blocking, prefix, lastEventId: last?.[0] ?? '0-0' });
       parts.events = events;
       events.on('completed', ({ jobId, returnvalue }) => this.outcomes.completed(jobId, returnvalue));
       events.on('failed', ({ jobId, failedReason }) => this.outcomes.failed(jobId, failedReason));
