@@ -1,3 +1,9 @@
+/**
+ * The admin commands. Numbers and state transitions are checked by calling each command's module
+ * in-process (a real consumer, Redis and SQLite file all the same), which costs milliseconds; the
+ * CLI surface (exit codes, one-line errors, tables) through the real `userops` process, which
+ * costs a second or two a run, so only where it adds something.
+ */
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { copyFileSync, existsSync, rmSync } from 'node:fs';
@@ -8,45 +14,45 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { type Queue, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
 
-import type { Stats } from '../src/cli/stats.js';
-import type { FailedJob } from '../src/cli/failed.js';
-import type { BackupSummary } from '../src/cli/backup.js';
-import type { ConfigEntry } from '../src/config.js';
+import { backupDatabase, type BackupSummary } from '../src/cli/backup.js';
+import { listFailed } from '../src/cli/failed.js';
+import { retryAll, retryJob } from '../src/cli/retry.js';
+import { collectStats, formatStats } from '../src/cli/stats.js';
+import { type AdminConfig, type ConfigEntry, describeConfig } from '../src/config.js';
 import { applyJob } from '../src/consumer/apply.js';
+import type { ConsumerOptions } from '../src/consumer/options.js';
 import { Store } from '../src/consumer/store.js';
-import { runCli, startCliConsumer } from './helpers/cli.js';
-import { newClient, plainQueue, redisSuite, tempDb } from './helpers/fixtures.js';
+import { ConfigError, JobNotFailedError, JobNotFoundError } from '../src/protocol/errors.js';
+import { runCli } from './helpers/cli.js';
+import { newClient, plainQueue, redisSuite, startConsumer, tempDb } from './helpers/fixtures.js';
 import { freePort } from './helpers/redis-server.js';
 
 const s = redisSuite();
 let env: Record<string, string>;
-let dbPath: string;
+let config: AdminConfig;
+let consumerOptions: ConsumerOptions;
 let dir: string;
 
 beforeEach(() => {
   const db = s.t.add(tempDb(), (d) => d.cleanup());
-  dbPath = db.dbPath;
   dir = db.dir;
-  env = { REDIS_URL: s.redis.url, USEROPS_QUEUE: s.queue, USEROPS_DB: dbPath, LOG_LEVEL: 'info' };
+  env = { REDIS_URL: s.redis.url, USEROPS_QUEUE: s.queue, USEROPS_DB: db.dbPath };
+  config = { redisUrl: s.redis.url, queue: s.queue, dbPath: db.dbPath, logLevel: 'silent' };
+  consumerOptions = { redisUrl: s.redis.url, queue: s.queue, dbPath: db.dbPath };
 });
 
 const user = (nickname: string) => ({ nickname, fullName: 'Admin Test', email: `${nickname}@example.com` });
 const createOp = (nickname: string) => ({ op: 'user.create', args: user(nickname) });
+type Results = { results: { ok: boolean }[] };
 
-/** Polls until the job reaches `state` (BullMQ's QueueEvents would need one more connection per test). */
+/** Polls until the job reaches `state` (a QueueEvents reader would cost one more connection). */
 async function untilState(queue: Queue, jobId: string, state: string): Promise<void> {
   while ((await queue.getJobState(jobId)) !== state) await sleep(20);
 }
 
-async function json<T>(args: string[], extra: Record<string, string | undefined> = {}): Promise<T> {
-  const r = await runCli(args, { ...env, ...extra });
-  assert.equal(r.code, 0, `userops ${args.join(' ')}: ${r.stderr}`);
-  return JSON.parse(r.stdout) as T;
-}
-
 describe('userops stats', () => {
   it('counts what the test did: jobs by state, users, ledger rows, and names the writer', async () => {
-    const consumer = await startCliConsumer(s.t, env);
+    await startConsumer(s.t, consumerOptions);
     const client = newClient(s.t, { redisUrl: s.redis.url, queue: s.queue });
     // One call at a time: one job each, so the completed count is known.
     for (let i = 0; i < 5; i++) await client.createUser(user(`stat${i}`));
@@ -54,11 +60,11 @@ describe('userops stats', () => {
     await queue.add('batch', { v: 1, ops: 'not an array' }, { jobId: 'bad-1' });
     await untilState(queue, 'bad-1', 'failed');
 
-    const stats = await json<Stats>(['stats', '--json']);
+    const stats = await collectStats(config);
     assert.deepEqual(stats.jobs, { waiting: 0, prioritized: 0, delayed: 0, active: 0, completed: 5, failed: 1 });
     assert.equal(stats.paused, false);
     assert.ok(stats.writer.held);
-    assert.equal(stats.writer.pid, consumer.child.pid);
+    assert.equal(stats.writer.pid, process.pid, 'the consumer runs in this process');
     assert.ok(stats.writer.ttlMs > 0);
     assert.ok(stats.database.available, JSON.stringify(stats.database));
     assert.equal(stats.database.users, 5);
@@ -71,12 +77,12 @@ describe('userops stats', () => {
     assert.equal(human.code, 0, human.stderr);
     assert.match(human.stdout, /^users +5$/m);
     assert.match(human.stdout, /completed 5, failed 1/);
-    assert.match(human.stdout, new RegExp(`^writer +\\S+ pid ${String(consumer.child.pid)} `, 'm'));
+    assert.match(human.stdout, new RegExp(`^writer +\\S+ pid ${process.pid} `, 'm'));
   });
 
   it('reports the Redis side when the database is elsewhere, and creates no file', async () => {
     const missing = join(dir, 'elsewhere', 'userops.db');
-    const stats = await json<Stats>(['stats', '--json'], { USEROPS_DB: missing });
+    const stats = await collectStats({ ...config, dbPath: missing });
     assert.equal(stats.writer.held, false);
     assert.equal(stats.jobs.waiting, 0);
     assert.deepEqual(stats.database, {
@@ -84,17 +90,13 @@ describe('userops stats', () => {
       path: missing,
       reason: 'no database file here (USEROPS_DB); the consumer may run on another machine',
     });
+    assert.match(formatStats(stats), /^writer +none .*\n(.*\n)*database +\S+\n +unavailable: no database file here/m);
     assert.equal(existsSync(join(dir, 'elsewhere')), false, 'no folder or database created');
-
-    const human = await runCli(['stats'], { ...env, USEROPS_DB: missing });
-    assert.equal(human.code, 0, human.stderr);
-    assert.match(human.stdout, /unavailable: no database file here/);
   });
 
   it('exits 3 within the connect deadline when Redis is unreachable, password hidden', async () => {
     const port = await freePort();
-    // Default log level: the one-line message is all a user sees.
-    const r = await runCli(['stats'], { ...env, LOG_LEVEL: undefined, REDIS_URL: `redis://:hunter2@127.0.0.1:${port}` });
+    const r = await runCli(['stats'], { ...env, REDIS_URL: `redis://:hunter2@127.0.0.1:${port}` });
     assert.equal(r.code, 3);
     assert.match(r.stderr, /^userops: REDIS_UNAVAILABLE: Redis at redis:\/\/:\*\*\*@127\.0\.0\.1:\d+ is unavailable: connect ECONNREFUSED[^\n]*\n$/);
     assert.doesNotMatch(r.stderr, /hunter2/);
@@ -102,75 +104,68 @@ describe('userops stats', () => {
 });
 
 describe('userops failed and retry', () => {
-  it('lists a malformed job with its reason; a retried malformed job fails again', async () => {
-    await startCliConsumer(s.t, env);
+  it('lists malformed jobs newest first with their reasons; a retried malformed job fails again', async () => {
+    await startConsumer(s.t, consumerOptions);
     const queue = plainQueue(s.t, s.redis.url, s.queue);
     await queue.add('batch', { v: 1, ops: [] }, { jobId: 'empty-1' });
     await untilState(queue, 'empty-1', 'failed');
     await queue.add('batch', { v: 2, ops: [createOp('x')] }, { jobId: 'v2-1' });
     await untilState(queue, 'v2-1', 'failed');
 
-    const failed = await json<FailedJob[]>(['failed', '--json']);
-    assert.deepEqual(failed.map((j) => [j.id, j.ops]), [['v2-1', 1], ['empty-1', 0]], 'newest first');
+    const failed = await listFailed(config, 20);
+    assert.deepEqual(failed.map((j) => [j.id, j.ops, j.attemptsMade]), [['v2-1', 1, 1], ['empty-1', 0, 1]], 'newest first');
     assert.match(failed[1]?.failedReason ?? '', /^Invalid job: ops: must hold at least one op/);
     assert.match(failed[0]?.failedReason ?? '', /v: must be 1 \(the protocol version\) \(got 2\)/);
     assert.ok(failed.every((j) => j.failedAt !== null));
-    assert.equal((await json<FailedJob[]>(['failed', '--json', '--limit', '1'])).length, 1);
-    const table = await runCli(['failed'], env);
-    assert.match(table.stdout, /^ID +FAILED AT +OPS +ATTEMPTS +REASON\nv2-1 +\S+ +1 +\d+ +Invalid job: v: must be 1/);
+    assert.deepEqual((await listFailed(config, 1)).map((j) => j.id), ['v2-1']);
+    const table = await runCli(['failed', '--limit', '1'], env);
+    assert.equal(table.code, 0, table.stderr);
+    assert.match(table.stdout, /^ID +FAILED AT +OPS +ATTEMPTS +REASON\nv2-1 +\S+ +1 +1 +Invalid job: v: must be 1[^\n]*\n$/);
 
-    const finishedBefore = (await queue.getJob('empty-1'))?.finishedOn;
-    assert.deepEqual(await json(['retry', 'empty-1']), { retried: ['empty-1'], skipped: [] });
+    const finishedBefore = (await queue.getJob('empty-1'))?.finishedOn ?? 0;
+    assert.deepEqual(await retryJob(config, 'empty-1'), { retried: ['empty-1'], skipped: [] });
     // Failed again, later: the consumer took it a second time.
-    for (;;) {
-      const job = await queue.getJob('empty-1');
-      if ((await queue.getJobState('empty-1')) === 'failed' && (job?.finishedOn ?? 0) > (finishedBefore ?? 0)) break;
+    while ((await queue.getJobState('empty-1')) !== 'failed' || ((await queue.getJob('empty-1'))?.finishedOn ?? 0) <= finishedBefore) {
       await sleep(20);
     }
     assert.equal(await queue.getFailedCount(), 2);
   });
 
   it('says which job ids are unknown or not failed, and checks its arguments', async () => {
-    await startCliConsumer(s.t, env);
+    await startConsumer(s.t, consumerOptions);
     const client = newClient(s.t, { redisUrl: s.redis.url, queue: s.queue });
     await client.createUser(user('done'));
     const queue = plainQueue(s.t, s.redis.url, s.queue);
     const [completedId] = await queue.getRanges(['completed']);
 
+    await assert.rejects(retryJob(config, completedId as string), new JobNotFailedError(completedId as string, 'completed'));
+    await assert.rejects(retryJob(config, 'no-such-job'), JobNotFoundError);
     const unknown = await runCli(['retry', 'no-such-job'], env);
     assert.equal(unknown.code, 1);
-    assert.match(unknown.stderr, /^userops: JOB_NOT_FOUND: Job no-such-job doesn't exist/);
-    const notFailed = await runCli(['retry', completedId as string], env);
-    assert.equal(notFailed.code, 1);
-    assert.equal(notFailed.stderr, `userops: JOB_NOT_FAILED: Job ${String(completedId)} is completed, not failed; only failed jobs can be retried\n`);
+    assert.equal(unknown.stderr, "userops: JOB_NOT_FOUND: Job no-such-job doesn't exist (finished jobs are kept for a while, then removed)\n");
 
-    for (const args of [['retry'], ['retry', 'x', '--all']]) {
-      const r = await runCli(args, env);
-      assert.equal(r.code, 2, args.join(' '));
-      assert.match(r.stderr, /give a job id or --all/);
-    }
-    for (const bad of ['1001', '2.5']) {
-      const r = await runCli(['failed', '--limit', bad], env);
-      assert.equal(r.code, 2, bad);
-      assert.match(r.stderr, new RegExp(`option '--limit <n>' argument '${bad}' is invalid\\. expected a whole number from 1 to 1000, got "${bad}"`));
-    }
+    const both = await runCli(['retry', 'x', '--all'], env);
+    assert.equal(both.code, 2);
+    assert.match(both.stderr, /^error: give a job id or --all \(one of the two\)\n/);
+    const limit = await runCli(['failed', '--limit', '1001'], env);
+    assert.equal(limit.code, 2);
+    assert.match(limit.stderr, /^error: option '--limit <n>' argument '1001' is invalid\. expected a whole number from 1 to 1000, got "1001"\n/);
   });
 
   it('applies a job that failed for being too large once the limit is raised', async () => {
-    const small = await startCliConsumer(s.t, { ...env, USEROPS_MAX_OPS_PER_JOB: '2' });
+    const small = await startConsumer(s.t, { ...consumerOptions, maxOpsPerJob: 2 });
     const queue = plainQueue(s.t, s.redis.url, s.queue);
     await queue.add('batch', { v: 1, ops: [createOp('big1'), createOp('big2'), createOp('big3')] }, { jobId: 'big' });
     await untilState(queue, 'big', 'failed');
-    small.child.kill('SIGTERM');
-    assert.equal(await small.exited, 0);
+    await small.close();
 
-    await startCliConsumer(s.t, env);
-    assert.deepEqual(await json(['retry', '--all']), { retried: ['big'], skipped: [] });
+    await startConsumer(s.t, consumerOptions);
+    assert.deepEqual(await retryAll(config), { retried: ['big'], skipped: [] });
     await untilState(queue, 'big', 'completed');
     const job = await queue.getJob('big');
-    assert.deepEqual((job?.returnvalue as { results: { ok: boolean }[] }).results.map((r) => r.ok), [true, true, true]);
+    assert.deepEqual((job?.returnvalue as Results).results.map((r) => r.ok), [true, true, true]);
     assert.equal(job?.attemptsMade, 1, 'attempts counted afresh');
-    const stats = await json<Stats>(['stats', '--json']);
+    const stats = await collectStats(config);
     assert.ok(stats.database.available);
     assert.equal(stats.database.users, 3);
     assert.equal(stats.jobs.failed, 0);
@@ -179,7 +174,7 @@ describe('userops failed and retry', () => {
   it('answers a retried job that had been applied from the ledger, applying nothing twice', async () => {
     // The job was applied, then failed without its acknowledgement (stalled too often, say).
     const payload = { v: 1, ops: [createOp('once')] };
-    const store = new Store(dbPath);
+    const store = new Store(config.dbPath);
     applyJob(store, 'applied-1', payload, 1000);
     store.close();
     const queue = plainQueue(s.t, s.redis.url, s.queue);
@@ -193,13 +188,13 @@ describe('userops failed and retry', () => {
     await taken.moveToFailed(new Error('job stalled more than allowable limit'), token, false);
     await worker.close();
 
-    await startCliConsumer(s.t, env);
-    assert.deepEqual(await json(['retry', 'applied-1']), { retried: ['applied-1'], skipped: [] });
+    await startConsumer(s.t, consumerOptions);
+    assert.deepEqual(await retryJob(config, 'applied-1'), { retried: ['applied-1'], skipped: [] });
     await untilState(queue, 'applied-1', 'completed');
     const job = await queue.getJob('applied-1');
     // Applied a second time, the create would have answered USER_EXISTS.
-    assert.deepEqual((job?.returnvalue as { results: { ok: boolean }[] }).results.map((r) => r.ok), [true]);
-    const stats = await json<Stats>(['stats', '--json']);
+    assert.deepEqual((job?.returnvalue as Results).results.map((r) => r.ok), [true]);
+    const stats = await collectStats(config);
     assert.ok(stats.database.available);
     assert.equal(stats.database.users, 1);
   });
@@ -207,10 +202,10 @@ describe('userops failed and retry', () => {
 
 describe('userops backup', () => {
   it('copies the live database while clients write: sound, and holding every user resolved before', async () => {
-    const first = await startCliConsumer(s.t, env);
+    const first = await startConsumer(s.t, consumerOptions);
     const client = newClient(s.t, { redisUrl: s.redis.url, queue: s.queue, timeoutMs: 60_000 });
     const before = await Promise.all(Array.from({ length: 300 }, (_, i) => client.createUser(user(`pre${i}`))));
-    // Clients keep writing, ten calls at a time, until the backup is done.
+    // Clients keep writing, ten calls at a time, until the backup (another process) is done.
     let backingUp = true;
     let written = 0;
     const writing = (async () => {
@@ -219,8 +214,10 @@ describe('userops backup', () => {
       }
     })();
     const file = join(dir, 'backup.db');
-    const summary = await json<BackupSummary>(['backup', file]).finally(() => (backingUp = false));
+    const run = await runCli(['backup', file], env).finally(() => (backingUp = false));
     await writing;
+    assert.equal(run.code, 0, run.stderr);
+    const summary = JSON.parse(run.stdout) as BackupSummary;
     const total = 300 + written;
 
     assert.equal(summary.path, file);
@@ -239,33 +236,30 @@ describe('userops backup', () => {
     const again = await runCli(['backup', file], env);
     assert.equal(again.code, 2);
     assert.equal(again.stderr, `userops: INVALID_CONFIG: Invalid <file>: ${file} exists; pass --force to replace it\n`);
-    const forced = await json<BackupSummary>(['backup', file, '--force']);
+    const forced = await backupDatabase(config.dbPath, file, { force: true });
     assert.equal(forced.users, total, 'every write done by now');
-    const live = await runCli(['backup', dbPath, '--force'], env);
-    assert.equal(live.code, 2);
-    assert.match(live.stderr, /is the live database \(USEROPS_DB\)/);
+    await assert.rejects(backupDatabase(config.dbPath, config.dbPath, { force: true }), /is the live database \(USEROPS_DB\)/);
 
     // Restore as the README says: stop, replace the file, drop the stale -wal/-shm, start.
     await client.createUser(user('after-backup'));
-    first.child.kill('SIGTERM');
-    assert.equal(await first.exited, 0);
-    copyFileSync(file, dbPath);
-    rmSync(`${dbPath}-wal`, { force: true });
-    rmSync(`${dbPath}-shm`, { force: true });
-    await startCliConsumer(s.t, env);
-    const restored = await json<Stats>(['stats', '--json']);
+    await first.close();
+    copyFileSync(file, config.dbPath);
+    rmSync(`${config.dbPath}-wal`, { force: true });
+    rmSync(`${config.dbPath}-shm`, { force: true });
+    await startConsumer(s.t, consumerOptions);
+    const restored = await collectStats(config);
     assert.ok(restored.database.available);
     assert.equal(restored.database.users, total, 'the restored database, without the user made after the backup');
     assert.equal(restored.database.servesQueue, true, 'same db_id: the queue accepts it');
-    const got = await runCli(['get', 'pre0'], env);
-    assert.equal(got.code, 0, got.stderr);
+    assert.equal((await client.getUser('pre0')).nickname, 'pre0');
   });
 
   it('refuses a database that is not there, and creates none', async () => {
     const missing = join(dir, 'nope', 'userops.db');
-    const r = await runCli(['backup', join(dir, 'b.db')], { ...env, USEROPS_DB: missing });
-    assert.equal(r.code, 2);
-    assert.equal(r.stderr, `userops: INVALID_CONFIG: Invalid USEROPS_DB: cannot back up ${missing}: no database file there\n`);
+    await assert.rejects(
+      backupDatabase(missing, join(dir, 'b.db'), { force: false }),
+      (err: unknown) => err instanceof ConfigError && err.message === `Invalid USEROPS_DB: cannot back up ${missing}: no database file there`,
+    );
     assert.equal(existsSync(join(dir, 'nope')), false);
     assert.equal(existsSync(join(dir, 'b.db')), false);
   });
@@ -273,21 +267,24 @@ describe('userops backup', () => {
 
 describe('userops config', () => {
   it('shows every variable with its source, the Redis password redacted', async () => {
-    const url = 'redis://admin:s3cret@127.0.0.1:6399/2';
-    const entries = await json<ConfigEntry[]>(['config', '--json'], { REDIS_URL: url, USEROPS_TIMEOUT_MS: '' });
+    const url = 'redis://admin:s3cret@127.0.0.1:6399/2?password=s3cret';
+    const entries = describeConfig({ ...env, REDIS_URL: url, USEROPS_TIMEOUT_MS: '' });
     const byName = Object.fromEntries(entries.map((e) => [e.variable, e]));
-    assert.deepEqual(byName.REDIS_URL, { ...byName.REDIS_URL, value: 'redis://admin:***@127.0.0.1:6399/2', source: 'env' });
+    assert.deepEqual(
+      [byName.REDIS_URL?.value, byName.REDIS_URL?.source],
+      ['redis://admin:***@127.0.0.1:6399/2?password=***', 'env'],
+    );
     assert.deepEqual([byName.USEROPS_TIMEOUT_MS?.value, byName.USEROPS_TIMEOUT_MS?.source], ['30000', 'default']);
-    assert.deepEqual([byName.USEROPS_DB?.value, byName.USEROPS_DB?.source], [dbPath, 'env']);
+    assert.deepEqual([byName.USEROPS_DB?.value, byName.USEROPS_DB?.source], [config.dbPath, 'env']);
     assert.equal(entries.length, 8);
+    assert.throws(() => describeConfig({ USEROPS_MAX_JOB_BYTES: '12' }), /USEROPS_MAX_JOB_BYTES: must be at least 1024 \(got "12"\)/);
 
+    const json = await runCli(['config', '--json'], { ...env, REDIS_URL: url });
+    assert.equal(json.code, 0, json.stderr);
+    assert.deepEqual((JSON.parse(json.stdout) as ConfigEntry[]).find((e) => e.variable === 'REDIS_URL')?.value, 'redis://admin:***@127.0.0.1:6399/2?password=***');
     const table = await runCli(['config'], { ...env, REDIS_URL: url });
-    assert.equal(table.code, 0);
-    assert.match(table.stdout, /^REDIS_URL +redis:\/\/admin:\*\*\*@127\.0\.0\.1:6399\/2 +env$/m);
-    assert.doesNotMatch(table.stdout + table.stderr, /s3cret/);
-
-    const bad = await runCli(['config'], { ...env, USEROPS_MAX_JOB_BYTES: '12' });
-    assert.equal(bad.code, 2);
-    assert.match(bad.stderr, /USEROPS_MAX_JOB_BYTES: must be at least 1024 \(got "12"\)/);
+    assert.equal(table.code, 0, table.stderr);
+    assert.match(table.stdout, /^REDIS_URL +redis:\/\/admin:\*\*\*@127\.0\.0\.1:6399\/2\?password=\*\*\* +env$/m);
+    assert.doesNotMatch(json.stdout + json.stderr + table.stdout + table.stderr, /s3cret/);
   });
 });
