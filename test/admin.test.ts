@@ -18,7 +18,7 @@ import { backupDatabase, type BackupSummary } from '../src/cli/backup.js';
 import { listFailed } from '../src/cli/failed.js';
 import { retryAll, retryJob } from '../src/cli/retry.js';
 import { collectStats, formatStats } from '../src/cli/stats.js';
-import { type AdminConfig, type ConfigEntry, describeConfig } from '../src/config.js';
+import { type AdminConfig, type ConfigEntry, describeConfig, ENV_HELP } from '../src/config.js';
 import { applyJob } from '../src/consumer/apply.js';
 import type { ConsumerOptions } from '../src/consumer/options.js';
 import { Store } from '../src/consumer/store.js';
@@ -268,7 +268,14 @@ describe('userops backup', () => {
 describe('userops config', () => {
   it('shows every variable with its source, the Redis password redacted', async () => {
     const url = 'redis://admin:s3cret@127.0.0.1:6399/2?password=s3cret';
-    const entries = describeConfig({ ...env, REDIS_URL: url, USEROPS_TIMEOUT_MS: '' });
+    const entries = describeConfig({
+      ...env,
+      REDIS_URL: url,
+      USEROPS_TIMEOUT_MS: '',
+      USEROPS_DASHBOARD: '1',
+      USEROPS_DASHBOARD_USER: 'ops',
+      USEROPS_DASHBOARD_PASSWORD: 'dashpw',
+    });
     const byName = Object.fromEntries(entries.map((e) => [e.variable, e]));
     assert.deepEqual(
       [byName.REDIS_URL?.value, byName.REDIS_URL?.source],
@@ -276,7 +283,8 @@ describe('userops config', () => {
     );
     assert.deepEqual([byName.USEROPS_TIMEOUT_MS?.value, byName.USEROPS_TIMEOUT_MS?.source], ['30000', 'default']);
     assert.deepEqual([byName.USEROPS_DB?.value, byName.USEROPS_DB?.source], [config.dbPath, 'env']);
-    assert.equal(entries.length, 8);
+    assert.deepEqual([byName.USEROPS_DASHBOARD_USER?.value, byName.USEROPS_DASHBOARD_PASSWORD?.value], ['ops', '***']);
+    assert.deepEqual(entries.map((e) => e.variable), Object.keys(ENV_HELP), 'every variable, in the help order');
     assert.throws(() => describeConfig({ USEROPS_MAX_JOB_BYTES: '12' }), /USEROPS_MAX_JOB_BYTES: must be at least 1024 \(got "12"\)/);
 
     const json = await runCli(['config', '--json'], { ...env, REDIS_URL: url });
