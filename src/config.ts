@@ -9,7 +9,7 @@ import { z } from 'zod';
 
 import { LOG_LEVELS, type LogLevel } from './logger.js';
 import { ConfigError, DEFAULT_MAX_JOB_BYTES, DEFAULT_MAX_OPS_PER_JOB, DEFAULT_QUEUE, parseWith, queueNameSchema } from './protocol/index.js';
-import { redisUrlSchema } from './redis.js';
+import { DEFAULT_REDIS_URL, redactUrl, redisUrlSchema } from './redis.js';
 
 /** Default SQLite file, relative to the working directory. */
 export const DEFAULT_DB_PATH = './data/userops.db';
@@ -23,7 +23,7 @@ export const ENV_HELP: Record<string, string> = {
     'Redis URL (default redis://127.0.0.1:6379): redis:// or rediss:// (TLS) with optional user:password, ' +
     'redis+cluster://host:port,host:port,... for a Cluster, redis+sentinel://host:port,.../<master> for Sentinel',
   USEROPS_QUEUE: `queue name (default ${DEFAULT_QUEUE})`,
-  USEROPS_DB: `consumer: SQLite file (default ${DEFAULT_DB_PATH})`,
+  USEROPS_DB: `consumer, stats, backup: SQLite file (default ${DEFAULT_DB_PATH})`,
   USEROPS_TIMEOUT_MS: 'client commands: how long a call may take (default 30000)',
   USEROPS_MAX_OPS_PER_JOB: `consumer: most ops one job may carry (default ${DEFAULT_MAX_OPS_PER_JOB})`,
   USEROPS_MAX_JOB_BYTES: 'consumer: most bytes of JSON one job may carry (default 1048576)',
@@ -146,4 +146,60 @@ export function clientConfig(env: NodeJS.ProcessEnv = process.env): ClientConfig
     timeoutMs: e.USEROPS_TIMEOUT_MS ?? 30_000,
     logLevel: e.LOG_LEVEL ?? 'error',
   };
+}
+
+/** What the admin commands (`stats`, `failed`, `retry`, `backup`) run with. */
+export interface AdminConfig {
+  redisUrl: string | undefined;
+  queue: string;
+  /** The database as the consumer would open it; admin commands only ever read it. */
+  dbPath: string;
+  logLevel: LogLevel;
+}
+
+/** Reads the admin commands' configuration; throws `ConfigError` naming the bad variable. */
+export function adminConfig(env: NodeJS.ProcessEnv = process.env): AdminConfig {
+  const { redisUrl, queue, dbPath } = consumerConfig(env);
+  return { redisUrl, queue, dbPath, logLevel: clientConfig(env).logLevel };
+}
+
+/** One variable of the effective configuration, as `userops config` shows it. */
+export interface ConfigEntry {
+  variable: string;
+  /** The value in effect, with secrets redacted and defaults resolved (USEROPS_DB made absolute). */
+  value: string;
+  /** `env` when the variable is set (and not empty), else `default`. */
+  source: 'env' | 'default';
+  description: string;
+}
+
+// Any variable added later whose name says it holds a secret is hidden whole.
+const SECRET_NAME = /PASS|SECRET|TOKEN|CREDENTIAL|PRIVATE|_KEY$/i;
+
+/** The effective value of every variable, where it came from, secrets redacted; validates like the others. */
+export function describeConfig(env: NodeJS.ProcessEnv = process.env): ConfigEntry[] {
+  const given = readEnv(env);
+  const consumer = consumerConfig(env);
+  const client = clientConfig(env);
+  const effective: Record<keyof Env, string> = {
+    REDIS_URL: redactUrl(client.redisUrl ?? DEFAULT_REDIS_URL),
+    USEROPS_QUEUE: client.queue,
+    USEROPS_DB: consumer.dbPath,
+    USEROPS_TIMEOUT_MS: String(client.timeoutMs),
+    USEROPS_MAX_OPS_PER_JOB: String(consumer.maxOpsPerJob),
+    USEROPS_MAX_JOB_BYTES: String(consumer.maxJobBytes),
+    USEROPS_LEDGER_RETENTION_HOURS: String(consumer.ledgerRetentionMs / 3_600_000),
+    USEROPS_HTTP_PORT: consumer.http ? String(consumer.http.port) : '0 (off)',
+    USEROPS_HTTP_HOST: given.USEROPS_HTTP_HOST ?? consumer.http?.host ?? '0.0.0.0',
+    USEROPS_DASHBOARD: consumer.http?.dashboard ? 'on' : 'off',
+    USEROPS_DASHBOARD_USER: given.USEROPS_DASHBOARD_USER ?? '(unset)',
+    USEROPS_DASHBOARD_PASSWORD: given.USEROPS_DASHBOARD_PASSWORD ?? '(unset)',
+    LOG_LEVEL: given.LOG_LEVEL ?? `${consumerConfig({}).logLevel} (consumer), ${clientConfig({}).logLevel} (commands)`,
+  };
+  return (Object.keys(effective) as (keyof Env)[]).map((variable) => ({
+    variable,
+    value: SECRET_NAME.test(variable) && given[variable] !== undefined ? '***' : effective[variable],
+    source: given[variable] === undefined ? 'default' : 'env',
+    description: ENV_HELP[variable] ?? '',
+  }));
 }

@@ -4,7 +4,7 @@ import { after, afterEach, before, beforeEach, describe, it } from 'node:test';
 import { pino } from 'pino';
 
 import { isPortOpen, startPrivateRedis } from '../src/consumer/private-redis.js';
-import { runCli, spawnConsumer } from './helpers/cli.js';
+import { runCli, spawnConsumer, startCliConsumer } from './helpers/cli.js';
 import { newClient, plainQueue, queueName, Teardown, tempDb } from './helpers/fixtures.js';
 import { freePort, TestRedis } from './helpers/redis-server.js';
 
@@ -23,15 +23,7 @@ beforeEach(() => {
 });
 afterEach(() => t.run());
 
-async function consumer() {
-  const proc = spawnConsumer(env);
-  t.add(proc, async (p) => {
-    if (p.child.exitCode === null) p.child.kill('SIGKILL');
-    await p.exited;
-  });
-  await proc.waitFor(/consumer ready/);
-  return proc;
-}
+const consumer = () => startCliConsumer(t, env);
 
 describe('userops CLI', () => {
   it('runs each command with JSON on stdout and exit codes that say what happened', async () => {

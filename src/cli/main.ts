@@ -16,18 +16,29 @@ import { readFileSync } from 'node:fs';
 
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 
-import { clientConfig, ENV_HELP } from '../config.js';
+import { adminConfig, clientConfig, describeConfig, ENV_HELP } from '../config.js';
 import { createLogger } from '../logger.js';
 import { UserOpsClient } from '../producer/client.js';
 import { ErrorCode, UserOpsError } from '../protocol/errors.js';
 import { MAX_LIST_LIMIT } from '../protocol/ops.js';
+import { backupDatabase } from './backup.js';
 import { runDemo } from './demo.js';
+import { formatConfig } from './effective-config.js';
+import { formatFailed, listFailed } from './failed.js';
+import { RETRY_HELP, retryAll, retryJob } from './retry.js';
 import { runConsumer } from './run-consumer.js';
+import { collectStats, formatStats } from './stats.js';
 
 /** Exit codes; documented in the README. */
 export const EXIT = { OK: 0, FAILED: 1, USAGE: 2, INFRA: 3 } as const;
 
-const DOMAIN_CODES = new Set<string>([ErrorCode.USER_NOT_FOUND, ErrorCode.USER_EXISTS, ErrorCode.INVALID_INPUT]);
+const DOMAIN_CODES = new Set<string>([
+  ErrorCode.USER_NOT_FOUND,
+  ErrorCode.USER_EXISTS,
+  ErrorCode.INVALID_INPUT,
+  ErrorCode.JOB_NOT_FOUND,
+  ErrorCode.JOB_NOT_FAILED,
+]);
 
 function exitCodeFor(err: unknown): number {
   if (err instanceof UserOpsError) {
@@ -60,12 +71,62 @@ async function withClient(run: (client: UserOpsClient) => Promise<unknown>): Pro
   }
 }
 
+/** Parses a `--limit` value; commander names the flag in front of the message. */
 function listLimit(value: string): number {
   const n = Number(value);
-  if (!Number.isInteger(n) || n < 1 || n > MAX_LIST_LIMIT) {
+  if (!/^\d+$/.test(value.trim()) || !Number.isInteger(n) || n < 1 || n > MAX_LIST_LIMIT) {
     throw new InvalidArgumentError(`expected a whole number from 1 to ${MAX_LIST_LIMIT}, got "${value}"`);
   }
   return n;
+}
+
+/** Prints `result` as JSON for `--json`, else in its human form. */
+function print<T>(result: T, json: boolean | undefined, human: (r: T) => string): void {
+  process.stdout.write(`${json ? JSON.stringify(result, null, 2) : human(result)}\n`);
+}
+
+function addAdminCommands(program: Command): void {
+  program
+    .command('stats')
+    .description('queue job counts, the writer lease, and what the database holds (read-only)')
+    .option('--json', 'print JSON instead of a table')
+    .action(async (o: { json?: boolean }) => print(await collectStats(adminConfig()), o.json, formatStats));
+
+  program
+    .command('failed')
+    .description('failed jobs, newest first, with the reason each failed')
+    .addOption(new Option('--limit <n>', `at most n jobs (1-${MAX_LIST_LIMIT})`).argParser(listLimit).default(20))
+    .option('--json', 'print JSON instead of a table')
+    .action(async (o: { limit: number; json?: boolean }) => print(await listFailed(adminConfig(), o.limit), o.json, formatFailed));
+
+  program
+    .command('retry')
+    .description('move a failed job (or every failed job) back to the queue, to be applied now')
+    .argument('[jobId]', 'the failed job to retry (see `userops failed`)')
+    .option('--all', 'retry every failed job, oldest failure first')
+    .addHelpText('after', RETRY_HELP)
+    .action(async function (this: Command, jobId: string | undefined, o: { all?: boolean }) {
+      if ((jobId === undefined) === (o.all !== true)) this.error('error: give a job id or --all (one of the two)');
+      const result = o.all ? await retryAll(adminConfig()) : await retryJob(adminConfig(), jobId as string);
+      print(result, true, String);
+    });
+
+  program
+    .command('backup')
+    .description('copy the live database to <file>, consistently, while the consumer runs; prints a JSON summary')
+    .argument('<file>', 'where to write the copy')
+    .option('--force', 'replace <file> if it exists')
+    .addHelpText('after', '\nRestore: stop the consumer, replace the database file with the copy, delete its -wal and -shm files, start the consumer.')
+    .action(async (file: string, o: { force?: boolean }) => {
+      const summary = await backupDatabase(adminConfig().dbPath, file, { force: o.force === true, progressTo: process.stderr });
+      print(summary, true, String);
+    });
+
+  program
+    .command('config')
+    .description('the effective configuration: every variable, its value (secrets redacted) and where it came from')
+    .option('--json', 'print JSON instead of a table')
+    .action((o: { json?: boolean }) => print(describeConfig(), o.json, formatConfig));
 }
 
 function buildProgram(): Command {
@@ -130,6 +191,7 @@ function buildProgram(): Command {
       }),
     );
 
+  addAdminCommands(program);
   return program;
 }
 

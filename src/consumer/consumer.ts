@@ -18,7 +18,7 @@ import { DASHBOARD_PATH, HttpServer } from './http-server.js';
 import { ConsumerMetrics } from './metrics.js';
 import { isTransientSqliteError, sqliteCode } from './sqlite-errors.js';
 import { Store } from './store.js';
-import { WriterLease, type WriterRole } from './writer-lease.js';
+import { leaseOwner, WriterLease, type WriterRole } from './writer-lease.js';
 
 /** Completed jobs stay readable this long, so a client that missed the event can still look. */
 const KEEP_COMPLETED = { age: 3600, count: 10_000 };
@@ -145,7 +145,7 @@ export class UserOpsConsumer {
     await this.waitForRedis(Promise.all([worker.waitUntilReady(), this.queue.waitUntilReady()]));
     if (this.state !== 'starting') return; // closed while starting
     await this.checkDatabaseIdentity(this.connection, this.store);
-    this.lease = new WriterLease(this.connection, userOpsKey(o.redisUrl, o.queue, 'writer'), this.token, o.writerLeaseMs, this.log, (role) =>
+    this.lease = new WriterLease(this.connection, userOpsKey(o.redisUrl, o.queue, 'writer'), leaseOwner(this.token), o.writerLeaseMs, this.log, (role) =>
       role === 'writer'
         ? this.log.info('writer role taken: applying jobs')
         : this.log.warn('another consumer is the writer: standing by, ready to take over'),

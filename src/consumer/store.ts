@@ -8,7 +8,7 @@ import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 
 import { DEFAULT_LIST_LIMIT, type OpArgs, type OpResult, type User, UserExistsError, UserNotFoundError } from '../protocol/index.js';
-import { migrate } from './migrations.js';
+import { migrate, SCHEMA_VERSION } from './migrations.js';
 import { sqliteCode } from './sqlite-errors.js';
 
 interface UserRow {
@@ -219,5 +219,117 @@ export class Store {
   /** Closes the database; safe to call twice. */
   close(): void {
     if (this.db.open) this.db.close();
+  }
+}
+
+/** What a userops database holds, read in one transaction so the numbers describe one moment. */
+export interface DatabaseSummary {
+  /** `PRAGMA user_version`: the migrations applied (see migrations.ts). */
+  schemaVersion: number;
+  /** `meta.db_id`; absent before schema 3. */
+  dbId?: string;
+  users: number;
+  ledgerRows: number;
+  pages: number;
+  pageSize: number;
+}
+
+/** Pages copied per backup step: 4 MB at the default page size, a step a progress bar can show. */
+const BACKUP_PAGES_PER_STEP = 1024;
+
+function summarize(db: Database.Database): DatabaseSummary {
+  const schemaVersion = db.pragma('user_version', { simple: true }) as number;
+  const hasMeta = db.prepare("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'meta'").get() !== undefined;
+  const dbId = hasMeta ? (db.prepare("SELECT value FROM meta WHERE key = 'db_id'").get() as { value: string } | undefined)?.value : undefined;
+  return {
+    schemaVersion,
+    ...(dbId === undefined ? {} : { dbId }),
+    users: (db.prepare('SELECT count(*) AS n FROM users').get() as { n: number }).n,
+    ledgerRows: (db.prepare('SELECT count(*) AS n FROM ledger').get() as { n: number }).n,
+    pages: db.pragma('page_count', { simple: true }) as number,
+    pageSize: db.pragma('page_size', { simple: true }) as number,
+  };
+}
+
+/**
+ * An existing userops database opened read-only, for admin commands running beside the consumer.
+ * Never creates the file or migrates it; WAL lets it read while the consumer writes.
+ */
+export class ReadOnlyStore {
+  private readonly db: Database.Database;
+
+  /**
+   * @param path - the database file; throws SQLITE_CANTOPEN if there is none, and an `Error`
+   *   if the file is not a userops database this build can read
+   */
+  constructor(readonly path: string) {
+    this.db = new Database(path, { readonly: true, fileMustExist: true });
+    try {
+      this.db.pragma('busy_timeout = 5000');
+      const version = this.db.pragma('user_version', { simple: true }) as number;
+      if (version === 0) throw new Error(`${path} is not a userops database (schema version 0)`);
+      if (version > SCHEMA_VERSION) {
+        throw new Error(`${path} has schema version ${version}, newer than this build reads (${SCHEMA_VERSION}); upgrade userops`);
+      }
+    } catch (err) {
+      this.db.close();
+      throw err;
+    }
+  }
+
+  /** Counts and identity of the database now. */
+  summary(): DatabaseSummary {
+    return this.db.transaction(() => summarize(this.db))();
+  }
+
+  /**
+   * Copies the database to `dest` with SQLite's online backup API, from one snapshot: a read
+   * transaction is held across every step, so the consumer's commits meanwhile neither restart the
+   * copy (as they would between steps otherwise, possibly forever under steady writes) nor appear
+   * in it. The WAL grows a little meanwhile: a checkpoint cannot pass a reader's snapshot.
+   * Returns the summary of the snapshot copied.
+   */
+  async backupTo(dest: string, onProgress?: (done: number, total: number) => void): Promise<DatabaseSummary> {
+    this.db.exec('BEGIN');
+    try {
+      // The first read fixes the snapshot.
+      const snapshot = summarize(this.db);
+      await this.db.backup(dest, {
+        progress: ({ totalPages, remainingPages }) => {
+          onProgress?.(totalPages - remainingPages, totalPages);
+          return BACKUP_PAGES_PER_STEP;
+        },
+      });
+      onProgress?.(snapshot.pages, snapshot.pages);
+      return snapshot;
+    } finally {
+      if (this.db.inTransaction) this.db.exec('COMMIT');
+    }
+  }
+
+  /** Closes the database; safe to call twice. */
+  close(): void {
+    if (this.db.open) this.db.close();
+  }
+}
+
+/** What checking a database file found. */
+export interface DatabaseCheck extends DatabaseSummary {
+  /** `PRAGMA integrity_check`'s findings; empty when the file is sound. */
+  problems: string[];
+}
+
+/**
+ * Runs `PRAGMA integrity_check` on a database file that no one else is using (a fresh backup) and
+ * summarizes it. Opened read-write so that closing it removes the -wal and -shm files it makes.
+ */
+export function checkDatabase(path: string): DatabaseCheck {
+  const db = new Database(path, { fileMustExist: true });
+  try {
+    const findings = (db.pragma('integrity_check') as { integrity_check: string }[]).map((r) => r.integrity_check);
+    const problems = findings.length === 1 && findings[0] === 'ok' ? [] : findings;
+    return { ...summarize(db), problems };
+  } finally {
+    db.close();
   }
 }

@@ -5,12 +5,49 @@
  * Others stand by and take over when it expires. The holder also checks its own clock before each
  * commit (`held()`), so a process that froze past its lease never commits after another took over.
  */
+import { hostname } from 'node:os';
+
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 
 // Extend only if we still hold it: a lease that expired and was taken by another stays theirs.
 const RENEW = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end`;
 const RELEASE = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end`;
+
+/** Who holds a lease, as far as its value tells. */
+export interface LeaseHolder {
+  /** The holder's unique token (its BullMQ lock token). */
+  token: string;
+  /** Host and process id, absent when the holder is a build that wrote a bare token. */
+  host?: string;
+  pid?: number;
+}
+
+/**
+ * The lease value for the consumer with `token`: JSON naming its host and pid, so an operator can
+ * tell which process is the writer. The value is only ever compared whole (SET NX, compare-and-
+ * extend), so older consumers that write a bare token interoperate with it.
+ */
+export function leaseOwner(token: string): string {
+  return JSON.stringify({ token, host: hostname(), pid: process.pid });
+}
+
+/** Reads a lease value written by {@link leaseOwner}, or a bare token from an older build. */
+export function parseLeaseOwner(value: string): LeaseHolder {
+  try {
+    const parsed = JSON.parse(value) as Partial<LeaseHolder> | null;
+    if (parsed && typeof parsed.token === 'string') {
+      return {
+        token: parsed.token,
+        ...(typeof parsed.host === 'string' ? { host: parsed.host } : {}),
+        ...(typeof parsed.pid === 'number' ? { pid: parsed.pid } : {}),
+      };
+    }
+  } catch {
+    // not JSON: a bare token
+  }
+  return { token: value };
+}
 
 /** Whether this consumer is the queue's writer. */
 export type WriterRole = 'writer' | 'standby';
@@ -23,7 +60,7 @@ export class WriterLease {
 
   /**
    * @param key - the lease key, in the queue's own key space
-   * @param owner - this consumer's unique token
+   * @param owner - this consumer's unique lease value, from {@link leaseOwner}
    * @param ttlMs - how long the lease lasts unless renewed; a dead writer is replaced after this
    */
   constructor(

@@ -15,6 +15,8 @@ export const ErrorCode = {
   TIMEOUT: 'TIMEOUT',
   REDIS_UNAVAILABLE: 'REDIS_UNAVAILABLE',
   JOB_FAILED: 'JOB_FAILED',
+  JOB_NOT_FOUND: 'JOB_NOT_FOUND',
+  JOB_NOT_FAILED: 'JOB_NOT_FAILED',
   CLIENT_CLOSED: 'CLIENT_CLOSED',
   OVERLOADED: 'OVERLOADED',
   INTERNAL: 'INTERNAL',
@@ -160,6 +162,28 @@ export class JobFailedError extends UserOpsError {
     reason: string,
   ) {
     super(ErrorCode.JOB_FAILED, `Job ${jobId} failed: ${reason}`, { jobId, reason });
+  }
+}
+
+/** No job has the given id in the queue (an admin command named it). */
+export class JobNotFoundError extends UserOpsError {
+  /** @param jobId - the id that was looked up */
+  constructor(readonly jobId: string) {
+    super(ErrorCode.JOB_NOT_FOUND, `Job ${jobId} doesn't exist (finished jobs are kept for a while, then removed)`, { jobId });
+  }
+}
+
+/** An admin command expected a failed job, and the job is in another state. */
+export class JobNotFailedError extends UserOpsError {
+  /**
+   * @param jobId - the job
+   * @param state - its BullMQ state (`waiting`, `active`, `completed`, ...)
+   */
+  constructor(
+    readonly jobId: string,
+    readonly state: string,
+  ) {
+    super(ErrorCode.JOB_NOT_FAILED, `Job ${jobId} is ${state}, not failed; only failed jobs can be retried`, { jobId, state });
   }
 }
 

@@ -77,3 +77,16 @@ export function spawnConsumer(env: Record<string, string | undefined>): Consumer
     },
   };
 }
+
+/**
+ * Starts `userops consumer` with `env`, killed at teardown if still running; resolves once it
+ * logs that it is ready.
+ */
+export async function startCliConsumer(t: { add<T>(value: T, step: (v: T) => unknown): T }, env: Record<string, string | undefined>): Promise<ConsumerProcess> {
+  const proc = t.add(spawnConsumer(env), async (p) => {
+    if (p.child.exitCode === null) p.child.kill('SIGKILL');
+    await p.exited;
+  });
+  await proc.waitFor(/consumer ready/);
+  return proc;
+}
