@@ -4,7 +4,7 @@ import { afterEach, beforeEach, describe, it } from 'node:test';
 import { Redis } from 'ioredis';
 
 import { RedisUnavailableError } from '../src/index.js';
-import { newClient, plainQueue, queueName, startConsumer, Teardown, tempDb } from './helpers/fixtures.js';
+import { newClient, plainQueue, queueName, startConsumer, Teardown, tempDb, until, user } from './helpers/fixtures.js';
 import { TestRedis } from './helpers/redis-server.js';
 
 let t: Teardown;
@@ -16,15 +16,6 @@ beforeEach(() => {
 });
 afterEach(() => t.run());
 
-const user = (nickname: string) => ({ nickname, fullName: 'F', email: `${nickname}@example.com` });
-
-async function until(what: string, check: () => Promise<boolean>, ms = 15_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 describe('faults', () => {
   it('a client created while Redis is down works once Redis is back; the consumer rides out the restart', async () => {
@@ -45,7 +36,7 @@ describe('faults', () => {
         if (err instanceof RedisUnavailableError) return false;
         throw err;
       }
-    });
+    }, 15_000);
     assert.equal((await client.getUser('later')).nickname, 'later');
     assert.equal(consumer.database?.countUsers(), 1, 'the rejected call was never applied');
   });
@@ -96,7 +87,7 @@ describe('faults', () => {
     const client = newClient(t, { redisUrl: redis.url, queue, timeoutMs: 30_000 });
     const probe = plainQueue(t, redis.url, queue);
     const call = client.createUser(user('lost'));
-    await until('the job to be queued', async () => (await probe.getWaitingCount()) === 1);
+    await until('the job to be queued', async () => (await probe.getWaitingCount()) === 1, 15_000);
 
     // Cut the client's events reader (BullMQ waits 5 s before reading again)...
     const admin = t.add(new Redis(redis.url), (r) => r.disconnect());
@@ -106,7 +97,7 @@ describe('faults', () => {
     for (const line of readers) await admin.client('KILL', 'ID', /id=(\d+)/.exec(line)?.[1] ?? '');
     // ...let the job complete, and trim the event away before the reader is back.
     await startConsumer(t, { redisUrl: redis.url, queue, dbPath: db.dbPath });
-    await until('the job to complete', async () => (await probe.getCompletedCount()) === 1);
+    await until('the job to complete', async () => (await probe.getCompletedCount()) === 1, 15_000);
     await admin.xtrim(`bull:${queue}:events`, 'MAXLEN', 0);
 
     const started = Date.now();

@@ -10,7 +10,7 @@ import { UserOpsConsumer } from '../src/consumer/index.js';
 import type { ConsumerOptions } from '../src/consumer/options.js';
 import { UserExistsError, UserNotFoundError } from '../src/index.js';
 import type { Teardown } from './helpers/fixtures.js';
-import { newClient, plainQueue, redisSuite, startConsumer, tempDb } from './helpers/fixtures.js';
+import { newClient, plainQueue, redisSuite, startConsumer, tempDb, user } from './helpers/fixtures.js';
 import { TestRedis } from './helpers/redis-server.js';
 
 const suite = redisSuite();
@@ -19,7 +19,6 @@ let t: Teardown;
 let queue: string;
 beforeEach(() => ({ redis, t, queue } = suite));
 
-const user = (nickname: string) => ({ nickname, fullName: 'F', email: `${nickname}@example.com` });
 
 /** A consumer with its HTTP server on a free loopback port, and that server's base URL. */
 async function served(options: Partial<ConsumerOptions> = {}): Promise<{ consumer: UserOpsConsumer; base: string; dbPath: string }> {

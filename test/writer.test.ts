@@ -5,7 +5,7 @@ import { UserOpsConsumer } from '../src/consumer/index.js';
 import { ConfigError } from '../src/index.js';
 import { spawnConsumer } from './helpers/cli.js';
 import type { Teardown } from './helpers/fixtures.js';
-import { newClient, redisSuite, startConsumer, tempDb } from './helpers/fixtures.js';
+import { newClient, redisSuite, startConsumer, tempDb, until, user } from './helpers/fixtures.js';
 import type { TestRedis } from './helpers/redis-server.js';
 
 const suite = redisSuite();
@@ -14,15 +14,6 @@ let t: Teardown;
 let queue: string;
 beforeEach(() => ({ redis, t, queue } = suite));
 
-const user = (nickname: string) => ({ nickname, fullName: 'F', email: `${nickname}@example.com` });
-
-async function until(what: string, check: () => boolean, ms = 20_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
 
 describe('one writer per queue', () => {
   it('a second consumer stands by, and takes over at once when the writer shuts down', async () => {

@@ -96,3 +96,17 @@ export function redisSuite(): SuiteContext {
   afterEach(() => ctx.t.run());
   return ctx;
 }
+
+/** Valid arguments for creating `nickname`. */
+export function user(nickname: string): { nickname: string; fullName: string; email: string } {
+  return { nickname, fullName: 'F', email: `${nickname}@example.com` };
+}
+
+/** Polls `check` until it holds; throws naming `what` after `ms`. */
+export async function until(what: string, check: () => boolean | Promise<boolean>, ms = 20_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}

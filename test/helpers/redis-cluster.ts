@@ -12,6 +12,7 @@ import { promisify } from 'node:util';
 import { Redis } from 'ioredis';
 
 import { isPortOpen } from '../../src/consumer/private-redis.js';
+import { until } from './fixtures.js';
 import { freePort } from './redis-server.js';
 
 const run = promisify(execFile);
@@ -21,14 +22,6 @@ async function waitForPort(port: number, child: ChildProcess): Promise<void> {
   while (!(await isPortOpen('127.0.0.1', port, 200))) {
     if (child.exitCode !== null || Date.now() > deadline) throw new Error(`redis-server did not start on ${port}`);
     await sleep(50);
-  }
-}
-
-async function until(what: string, check: () => Promise<boolean>, ms = 20_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await check().catch(() => false))) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(100);
   }
 }
 
