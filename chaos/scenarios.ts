@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 import type { ConsumerProcess } from '../test/helpers/cli.js';
+import { freePort } from '../test/helpers/redis-server.js';
 import { Stack } from './stack.js';
 import { type Verdict, verify } from './verify.js';
 
@@ -248,15 +249,24 @@ const diskFull = scenario(
   async (stack, scale, out, disk) => {
     if (!disk) throw new Error('no disk');
     const filler = join(disk.mountPoint, 'filler');
+    // A consumer with its HTTP server, taking over from the frame's, so /readyz can be asked too.
+    const port = await freePort();
+    const consumer = await stack.startConsumer(true, port);
+    const [first] = stack.live;
+    if (first && first !== consumer) await stack.stopConsumer(first, 'SIGTERM');
+    await consumer.waitFor(/writer role taken/);
     out.notes.push(`filled the disk with ${Math.round(fill(filler) / 1024)} KiB`);
-    const [consumer] = stack.live;
-    if (!consumer) throw new Error('no consumer running');
-    // The daemon must say why it is stuck: the storage error, by its SQLite code.
+    // The daemon must say why it is stuck: the storage error, by its SQLite code, in its log and
+    // on /readyz, where an alert would look.
     await expectLog(consumer, /SQLITE_FULL/, scale, out, 'the consumer never logged SQLITE_FULL while the disk was full');
+    const full = await readyz(port);
+    if (full.status !== 503 || !full.sqlite.includes('SQLITE_FULL')) out.failures.push(`/readyz while full: ${full.status} ${full.sqlite}`);
     await sleep(scale.holdMs);
     unlinkSync(filler);
     out.clearedAt = Date.now();
     await stack.load?.waitForOk(scale.okBetween);
+    const freed = await readyz(port);
+    if (freed.status !== 200) out.failures.push(`/readyz after space was freed: ${freed.status} ${freed.sqlite}`);
     if (stack.live.length === 0) out.failures.push('the consumer exited');
   },
   { disk: true },
@@ -284,6 +294,13 @@ const diskReadonly = scenario(
   },
   { disk: true },
 );
+
+/** The consumer's /readyz answer: its status and what it says of SQLite. */
+async function readyz(port: number): Promise<{ status: number; sqlite: string }> {
+  const res = await fetch(`http://127.0.0.1:${port}/readyz`);
+  const body = (await res.json()) as { sqlite?: string };
+  return { status: res.status, sqlite: String(body.sqlite) };
+}
 
 /** Waits (up to half the call timeout) for `consumer` to log a line matching `pattern`. */
 async function expectLog(consumer: ConsumerProcess, pattern: RegExp, scale: Scale, out: Out, failure: string): Promise<void> {

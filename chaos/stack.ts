@@ -54,9 +54,15 @@ export class Stack {
     return new Stack(redis, dir, join(dir, 'userops.db'), options.timeoutMs);
   }
 
-  /** Starts a `userops consumer` process; waits until it is up when `ready` is true. */
-  async startConsumer(ready = true): Promise<ConsumerProcess> {
-    const consumer = spawnConsumer({ REDIS_URL: this.redis.url, USEROPS_QUEUE: this.queue, USEROPS_DB: this.dbPath, LOG_LEVEL: 'info' });
+  /**
+   * Starts a `userops consumer` process; waits until it is up when `ready` is true.
+   * @param httpPort - serve /readyz and /metrics there (off by default)
+   */
+  async startConsumer(ready = true, httpPort = 0): Promise<ConsumerProcess> {
+    const consumer = spawnConsumer({
+      REDIS_URL: this.redis.url, USEROPS_QUEUE: this.queue, USEROPS_DB: this.dbPath, LOG_LEVEL: 'info',
+      USEROPS_HTTP_PORT: String(httpPort), USEROPS_HTTP_HOST: '127.0.0.1',
+    });
     this.consumers.push(consumer);
     if (ready) await consumer.waitFor(/consumer ready/);
     return consumer;

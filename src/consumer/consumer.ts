@@ -89,7 +89,7 @@ export class UserOpsConsumer {
   /** Whether this consumer can serve now, part by part; what `/readyz` answers. Never throws. */
   readiness(): Promise<Readiness> {
     const redisError = this.commands && this.redis?.lastError(this.commands);
-    return checkReadiness({ state: this.state, role: this.role, redis: this.commands, redisError, store: this.store, storeError: this.storeError });
+    return checkReadiness({ state: this.state, role: this.role, redis: this.commands, redisError, store: this.store, storageProblem: this.storeError ?? this.committer?.storageProblem });
   }
 
   /** Opens SQLite, connects to Redis and starts taking jobs. Resolves when the worker is ready. */

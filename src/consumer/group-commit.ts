@@ -47,6 +47,11 @@ function opCount(data: unknown): number {
 export class GroupCommitter {
   /** Jobs in the last group taken; sizes the first fetch round of the next. */
   private lastGroupJobs = 1;
+  /**
+   * Why commits are failing while a group is retried in place (a full or read-only disk), for
+   * readiness; cleared by the next commit that succeeds.
+   */
+  storageProblem: string | undefined;
   /** Acknowledgements still on their way to Redis. */
   private readonly acking = new Set<Promise<void>>();
 
@@ -159,7 +164,9 @@ export class GroupCommitter {
     const jobs = valid.map(({ job, ops }) => ({ id: job.id as string, ops }));
     for (let attempt = 0; ; attempt++) {
       try {
-        return applyJobs(this.store, jobs).map((outcome, i) => ({ ...(valid[i] as ValidJob), outcome }));
+        const outcomes = applyJobs(this.store, jobs).map((outcome, i) => ({ ...(valid[i] as ValidJob), outcome }));
+        this.storageProblem = undefined;
+        return outcomes;
       } catch (err) {
         if (!isTransientSqliteError(err)) {
           if (valid.length === 1) return [{ ...(valid[0] as ValidJob), outcome: coerceError(err) }];
@@ -174,6 +181,7 @@ export class GroupCommitter {
           return [];
         }
         const delay = backoffMs(attempt);
+        this.storageProblem = `commits failing, retrying in place: ${coerceError(err).message} (${sqliteCode(err)})`;
         this.log.warn({ err, code: sqliteCode(err), attempt, jobs: valid.length, retryInMs: delay }, 'storage error; retrying in place');
         await sleep(delay, undefined, { signal: this.stopping }).catch(() => undefined);
         // Manually taken jobs get no automatic lock renewal: renew before every attempt, so a long

@@ -40,14 +40,14 @@ export interface ReadinessProbe {
   /** The connection's last error (ECONNREFUSED, WRONGPASS...): says more than a failed PING. */
   redisError: Error | undefined;
   store: Store | undefined;
-  /** Why the database is not open yet, while the consumer waits for it. */
-  storeError?: string | undefined;
+  /** Why the database cannot be used now: not open yet, or commits failing and being retried. */
+  storageProblem?: string | undefined;
 }
 
 /** Checks each part; never throws. */
 export async function checkReadiness(probe: ReadinessProbe): Promise<Readiness> {
   const redis = await pingRedis(probe.redis, probe.redisError);
-  const sqlite = checkSqlite(probe.store, probe.storeError);
+  const sqlite = checkSqlite(probe.store, probe.storageProblem);
   const failing: Readiness['failing'] = [];
   if (probe.state !== 'running') failing.push('consumer');
   if (redis !== 'ok') failing.push('redis');
@@ -66,8 +66,10 @@ async function pingRedis(redis: Redis | undefined, lastError: Error | undefined)
   }
 }
 
-function checkSqlite(store: Store | undefined, openError: string | undefined): string {
-  if (!store?.db.open) return openError ?? 'not open';
+function checkSqlite(store: Store | undefined, problem: string | undefined): string {
+  // The write-lock check alone passes on a full disk: it writes nothing.
+  if (problem) return problem;
+  if (!store?.db.open) return 'not open';
   try {
     return store.checkWritable();
   } catch (err) {
