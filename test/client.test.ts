@@ -92,6 +92,18 @@ describe('UserOpsClient with a running consumer', () => {
     assert.equal(consumer.database?.countUsers(), n);
   });
 
+  it('splits list calls over jobs so no job asks for more rows than the consumer allows', async () => {
+    const { client, consumer } = await setup();
+    await Promise.all(Array.from({ length: 150 }, (_, i) => client.createUser({ ...bob, nickname: `l${String(i).padStart(3, '0')}` })));
+    const jobsBefore = consumer.database?.ledgerSize() ?? 0;
+    // 300 calls of 150 rows: 45,000 rows. A job of 100 of them (the op cap) would ask for 15,000,
+    // over one job's budget of 10,000, and fail whole.
+    const pages = await Promise.all(Array.from({ length: 300 }, () => client.listUsers({ limit: 150 })));
+    for (const page of pages) assert.equal(page.length, 150);
+    const jobs = (consumer.database?.ledgerSize() ?? 0) - jobsBefore;
+    assert.ok(jobs >= 5, `expected at least 5 jobs for 45,000 rows, got ${jobs}`);
+  });
+
   it('gives each call in a batch its own outcome', async () => {
     const { client } = await setup();
     await client.createUser(bob);

@@ -12,6 +12,8 @@ import {
   UserNotFoundError,
   UserOpsError,
   ValidationError,
+  listRows,
+  MAX_LIST_ROWS_PER_JOB,
 } from '../src/protocol/index.js';
 import { resolveClientOptions } from '../src/producer/options.js';
 import { resolveConsumerOptions } from '../src/consumer/options.js';
@@ -69,6 +71,20 @@ describe('ops and envelopes from the wire', () => {
     assert.throws(() => parseOp({ op: 'toString', args: {} }), /unknown op 'toString'/);
     assert.throws(() => parseOp('user.get'), /an op must be an object/);
     assert.throws(() => parseOp({ op: 'user.get', args: { nickname: 'x' }, extra: 1 }), /unknown key\(s\) extra/);
+  });
+
+  it('bounds the rows the list ops of one job may ask for', () => {
+    const list = (limit?: number) => ({ op: 'user.list', args: limit === undefined ? {} : { limit } });
+    assert.equal(parseEnvelope({ v: 1, ops: Array.from({ length: 10 }, () => list(1000)) }).ops.length, 10);
+    assert.throws(
+      () => parseEnvelope({ v: 1, ops: Array.from({ length: 11 }, () => list(1000)) }),
+      /ops: its user\.list ops ask for up to 11000 rows, more than the limit of 10000 per job; split them/,
+    );
+    // No limit counts as the default (100); a bad limit as the most it could mean (1000).
+    assert.throws(() => parseEnvelope({ v: 1, ops: Array.from({ length: 101 }, () => list()) }), /up to 10100 rows/);
+    assert.throws(() => parseEnvelope({ v: 1, ops: [...Array.from({ length: 9 }, () => list(1000)), list(-5), list()] }), /up to 10100 rows/);
+    assert.equal(listRows({ op: 'user.get', args: { nickname: 'x' } }), 0);
+    assert.equal(MAX_LIST_ROWS_PER_JOB, 10_000);
   });
 
   it('accepts a batch envelope and says what is wrong with a bad one', () => {

@@ -19,6 +19,8 @@ import {
   fromWireError,
   JobFailedError,
   type JobPayload,
+  listRows,
+  MAX_LIST_ROWS_PER_JOB,
   OpTimeoutError,
   OverloadedError,
   parseResults,
@@ -32,6 +34,8 @@ import {
 interface PendingCall {
   wire: WireOp;
   bytes: number;
+  /** Rows it may return (list ops), budgeted per job. */
+  rows: number;
   resolve: (value: unknown) => void;
   reject: (err: Error) => void;
   timer: NodeJS.Timeout;
@@ -106,6 +110,7 @@ export class Dispatcher {
       const call: PendingCall = {
         wire,
         bytes: Buffer.byteLength(JSON.stringify(wire)),
+        rows: listRows(wire),
         resolve,
         reject,
         settled: false,
@@ -163,6 +168,7 @@ export class Dispatcher {
   private takeBatch(): PendingCall[] {
     const batch: PendingCall[] = [];
     let bytes = 0;
+    let rows = 0;
     while (this.outbox.length > 0 && batch.length < this.limits.maxBatchOps) {
       const next = this.outbox[0] as PendingCall;
       if (next.settled) {
@@ -170,8 +176,11 @@ export class Dispatcher {
         continue;
       }
       if (batch.length > 0 && bytes + next.bytes > this.limits.maxBatchBytes) break;
+      // The consumer refuses a job whose list ops ask for too many rows together.
+      if (batch.length > 0 && rows + next.rows > MAX_LIST_ROWS_PER_JOB) break;
       batch.push(next);
       bytes += next.bytes;
+      rows += next.rows;
       this.outbox.shift();
     }
     return batch;

@@ -5,6 +5,7 @@
 import { z } from 'zod';
 
 import { ValidationError, type WireError } from './errors.js';
+import { listRows, MAX_LIST_ROWS_PER_JOB } from './ops.js';
 import { parseWith } from './validate.js';
 
 /** Protocol version written by this producer and accepted by this consumer. */
@@ -85,6 +86,12 @@ export function parseEnvelope(
   maxBytes = DEFAULT_MAX_JOB_BYTES,
 ): { ops: unknown[] } {
   const envelope = parseWith(envelopeSchema(maxOps), data, 'job');
+  let rows = 0;
+  for (const op of envelope.ops) rows += listRows(op);
+  if (rows > MAX_LIST_ROWS_PER_JOB) {
+    const message = `ops: its user.list ops ask for up to ${rows} rows, more than the limit of ${MAX_LIST_ROWS_PER_JOB} per job; split them over several jobs`;
+    throw new ValidationError([{ path: 'ops', message }], `Invalid job: ${message}`);
+  }
   // Measured after the shape check, which already refused anything too long in ops.
   const bytes = Buffer.byteLength(JSON.stringify(data));
   if (bytes > maxBytes) {

@@ -45,6 +45,25 @@ export const MAX_LIST_LIMIT = 1000;
 /** Rows `user.list` returns when no limit is given. */
 export const DEFAULT_LIST_LIMIT = 100;
 
+/**
+ * Most rows the `user.list` ops of one job may ask for, together. Results travel whole, in the
+ * job's return value (kept in Redis and carried by the events stream every client reads) and in
+ * the ledger: without this bound a job of 1,000 list ops could ask for a million rows at once.
+ */
+export const MAX_LIST_ROWS_PER_JOB = 10_000;
+
+/**
+ * The rows an op may return, as far as its raw form tells: a list op's limit (or the default),
+ * else 0. For budgeting a job before its ops are validated one by one.
+ */
+export function listRows(raw: unknown): number {
+  if ((raw as { op?: unknown } | null)?.op !== 'user.list') return 0;
+  const limit = ((raw as { args?: unknown }).args as { limit?: unknown } | null | undefined)?.limit;
+  if (limit === undefined) return DEFAULT_LIST_LIMIT;
+  // An invalid limit fails that op's own validation; counted as the most it could be meant as.
+  return typeof limit === 'number' && Number.isInteger(limit) && limit >= 1 && limit <= MAX_LIST_LIMIT ? limit : MAX_LIST_LIMIT;
+}
+
 /** Argument schemas, one per op name. Strict: an unknown key is an error, not silently dropped. */
 export const opArgsSchemas = {
   'user.create': z.strictObject({ nickname: nicknameSchema, fullName: fullNameSchema, email: emailSchema }),
