@@ -7,6 +7,7 @@ import { resolve } from 'node:path';
 
 import { z } from 'zod';
 
+import { DEFAULT_HTTP_HOST } from './consumer/options.js';
 import { LOG_LEVELS, type LogLevel } from './logger.js';
 import { ConfigError, DEFAULT_MAX_JOB_BYTES, DEFAULT_MAX_OPS_PER_JOB, DEFAULT_QUEUE, parseWith, queueNameSchema } from './protocol/index.js';
 import { DEFAULT_REDIS_URL, redactUrl, redisUrlSchema } from './redis.js';
@@ -29,7 +30,7 @@ export const ENV_HELP: Record<string, string> = {
   USEROPS_MAX_JOB_BYTES: 'consumer: most bytes of JSON one job may carry (default 1048576)',
   USEROPS_LEDGER_RETENTION_HOURS: 'consumer: how long applied job ids are remembered (default 168)',
   USEROPS_HTTP_PORT: `consumer: port of /healthz, /readyz, /metrics (default ${DEFAULT_HTTP_PORT}; 0 turns the server off)`,
-  USEROPS_HTTP_HOST: 'consumer: address the HTTP server listens on (default 0.0.0.0)',
+  USEROPS_HTTP_HOST: `consumer: address the HTTP server listens on (default ${DEFAULT_HTTP_HOST})`,
   USEROPS_DASHBOARD: 'consumer: 1 serves the bull-board dashboard at /dashboard (default 0)',
   USEROPS_DASHBOARD_USER: 'consumer: dashboard basic-auth user (set with USEROPS_DASHBOARD_PASSWORD)',
   USEROPS_DASHBOARD_PASSWORD: 'consumer: dashboard basic-auth password (never logged)',
@@ -124,7 +125,7 @@ function httpConfig(e: Env): HttpConfig | undefined {
   if (user !== undefined && password === undefined) fail('USEROPS_DASHBOARD_PASSWORD', 'must be set when USEROPS_DASHBOARD_USER is');
   if (password !== undefined && user === undefined) fail('USEROPS_DASHBOARD_USER', 'must be set when USEROPS_DASHBOARD_PASSWORD is');
   if (port === 0) return undefined;
-  const http: HttpConfig = { port, host: e.USEROPS_HTTP_HOST ?? '0.0.0.0' };
+  const http: HttpConfig = { port, host: e.USEROPS_HTTP_HOST ?? DEFAULT_HTTP_HOST };
   if (e.USEROPS_DASHBOARD) http.dashboard = user !== undefined && password !== undefined ? { auth: { user, password } } : {};
   return http;
 }
@@ -190,7 +191,7 @@ export function describeConfig(env: NodeJS.ProcessEnv = process.env): ConfigEntr
     USEROPS_MAX_JOB_BYTES: String(consumer.maxJobBytes),
     USEROPS_LEDGER_RETENTION_HOURS: String(consumer.ledgerRetentionMs / 3_600_000),
     USEROPS_HTTP_PORT: consumer.http ? String(consumer.http.port) : '0 (off)',
-    USEROPS_HTTP_HOST: given.USEROPS_HTTP_HOST ?? consumer.http?.host ?? '0.0.0.0',
+    USEROPS_HTTP_HOST: given.USEROPS_HTTP_HOST ?? consumer.http?.host ?? DEFAULT_HTTP_HOST,
     USEROPS_DASHBOARD: consumer.http?.dashboard ? 'on' : 'off',
     USEROPS_DASHBOARD_USER: given.USEROPS_DASHBOARD_USER ?? '(unset)',
     USEROPS_DASHBOARD_PASSWORD: given.USEROPS_DASHBOARD_PASSWORD ?? '(unset)',

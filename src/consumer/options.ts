@@ -92,6 +92,9 @@ export interface ConsumerOptions {
 
 const HOUR = 3_600_000;
 
+/** Where the HTTP server listens unless told: every interface, so a Prometheus outside a container can scrape it. */
+export const DEFAULT_HTTP_HOST = '0.0.0.0';
+
 const schema = z.strictObject({
   dbPath: z.string().min(1, 'must be a file path'),
   redisUrl: redisUrlSchema.default(DEFAULT_REDIS_URL),
@@ -109,7 +112,7 @@ const schema = z.strictObject({
   http: z
     .strictObject({
       port: z.number().int().min(0).max(65_535),
-      host: z.string().min(1, 'must be a host name or address').default('0.0.0.0'),
+      host: z.string().min(1, 'must be a host name or address').default(DEFAULT_HTTP_HOST),
       dashboard: z
         .strictObject({
           auth: z.strictObject({ user: z.string().min(1, 'must not be empty'), password: z.string().min(1, 'must not be empty') }).optional(),
