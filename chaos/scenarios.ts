@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
+import { withDeadline } from '../src/redis.js';
 import type { ConsumerProcess } from '../test/helpers/cli.js';
 import { freePort } from '../test/helpers/redis-server.js';
 import { Stack } from './stack.js';
@@ -304,7 +305,8 @@ async function readyz(port: number): Promise<{ status: number; sqlite: string }>
 
 /** Waits (up to half the call timeout) for `consumer` to log a line matching `pattern`. */
 async function expectLog(consumer: ConsumerProcess, pattern: RegExp, scale: Scale, out: Out, failure: string): Promise<void> {
-  const said = await Promise.race([consumer.waitFor(pattern), sleep(scale.timeoutMs / 2).then(() => undefined)]);
+  // withDeadline clears its timer: a bare sleep would hold the process open for up to 15 s after.
+  const said = await withDeadline(consumer.waitFor(pattern), scale.timeoutMs / 2, () => new Error('not said')).catch(() => undefined);
   if (said) out.notes.push(`consumer said: ${summarize(said)}`);
   else out.failures.push(failure);
 }

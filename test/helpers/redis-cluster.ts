@@ -6,24 +6,14 @@ import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 
 import { Redis } from 'ioredis';
 
-import { isPortOpen } from '../../src/consumer/private-redis.js';
 import { until } from './fixtures.js';
-import { freePort } from './redis-server.js';
+import { freePort, waitForPort } from './redis-server.js';
 
 const run = promisify(execFile);
-
-async function waitForPort(port: number, child: ChildProcess): Promise<void> {
-  const deadline = Date.now() + 10_000;
-  while (!(await isPortOpen('127.0.0.1', port, 200))) {
-    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`redis-server did not start on ${port}`);
-    await sleep(50);
-  }
-}
 
 /** Processes started by a helper, killed and removed by `stop()`. */
 class Processes {

@@ -22,6 +22,15 @@ export function freePort(): Promise<number> {
   });
 }
 
+/** Resolves once `child` (a redis-server) listens on `port`; throws if it exits or 10 s pass first. */
+export async function waitForPort(port: number, child: ChildProcess): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  while (!(await isPortOpen('127.0.0.1', port, 200))) {
+    if (child.exitCode !== null || Date.now() > deadline) throw new Error(`redis-server did not start on ${port}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
 /** A running redis-server owned by a test. */
 export class TestRedis {
   private child?: ChildProcess;
@@ -53,11 +62,7 @@ export class TestRedis {
       { stdio: 'ignore' },
     );
     this.child = child;
-    const deadline = Date.now() + 10_000;
-    while (!(await isPortOpen('127.0.0.1', this.port, 200))) {
-      if (child.exitCode !== null || Date.now() > deadline) throw new Error(`redis-server did not start on ${this.port}`);
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    await waitForPort(this.port, child);
   }
 
   /** Kills the server with `signal` and waits until it has exited. */
