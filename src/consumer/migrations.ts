@@ -39,17 +39,20 @@ const MIGRATIONS: readonly string[] = [
 /** The schema version this build writes. */
 export const SCHEMA_VERSION = MIGRATIONS.length;
 
+/** Throws if schema `version` was written by a newer build, which this one would misread. */
+export function assertSupported(version: number): void {
+  if (version > SCHEMA_VERSION) {
+    throw new Error(`Database schema version ${version} is newer than this build supports (${SCHEMA_VERSION}); upgrade userops`);
+  }
+}
+
 /**
  * Brings the database up to {@link SCHEMA_VERSION}, each step in its own transaction. Refuses a
  * database written by a newer build, which this one would misread.
  */
 export function migrate(db: Database): { from: number; to: number } {
   const from = db.pragma('user_version', { simple: true }) as number;
-  if (from > SCHEMA_VERSION) {
-    throw new Error(
-      `Database schema version ${from} is newer than this build supports (${SCHEMA_VERSION}); upgrade userops`,
-    );
-  }
+  assertSupported(from);
   for (let version = from; version < SCHEMA_VERSION; version++) {
     db.transaction(() => {
       db.exec(MIGRATIONS[version] as string);

@@ -8,7 +8,7 @@ import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 
 import { DEFAULT_LIST_LIMIT, type OpArgs, type OpResult, type User, UserExistsError, UserNotFoundError } from '../protocol/index.js';
-import { migrate, SCHEMA_VERSION } from './migrations.js';
+import { assertSupported, migrate } from './migrations.js';
 import { sqliteCode } from './sqlite-errors.js';
 
 interface UserRow {
@@ -268,9 +268,7 @@ export class ReadOnlyStore {
       this.db.pragma('busy_timeout = 5000');
       const version = this.db.pragma('user_version', { simple: true }) as number;
       if (version === 0) throw new Error(`${path} is not a userops database (schema version 0)`);
-      if (version > SCHEMA_VERSION) {
-        throw new Error(`${path} has schema version ${version}, newer than this build reads (${SCHEMA_VERSION}); upgrade userops`);
-      }
+      assertSupported(version);
     } catch (err) {
       this.db.close();
       throw err;
