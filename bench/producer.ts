@@ -27,7 +27,14 @@ export interface ProducerReport {
   errors: number;
   histogram: string;
   elapsedMs: number;
+  /** CPU time (user + system) this process spent during the timed run, in microseconds. */
+  cpuUs: number;
 }
+
+/** What a producer sends its parent: 'started' when seeding is done and the timed run begins, then its report. */
+export type ProducerMessage = 'started' | ProducerReport;
+
+const send = (message: ProducerMessage, then: () => void = () => undefined) => process.send?.(message, then);
 
 type Call = (op: string, args: Record<string, unknown>) => Promise<unknown>;
 
@@ -86,6 +93,8 @@ async function run(task: ProducerTask): Promise<ProducerReport> {
   let ops = 0;
   let errors = 0;
   let seq = 0;
+  send('started');
+  const cpuBefore = process.cpuUsage();
   const started = performance.now();
   const deadline = started + task.durationMs;
   await Promise.all(
@@ -116,8 +125,9 @@ async function run(task: ProducerTask): Promise<ProducerReport> {
     }),
   );
   const elapsedMs = performance.now() - started;
+  const cpu = process.cpuUsage(cpuBefore);
   await close();
-  return { ops, errors, histogram: hdr.encodeIntoCompressedBase64(histogram), elapsedMs };
+  return { ops, errors, histogram: hdr.encodeIntoCompressedBase64(histogram), elapsedMs, cpuUs: cpu.user + cpu.system };
 }
 
 process.once('message', (task: ProducerTask) => {
@@ -127,7 +137,7 @@ process.once('message', (task: ProducerTask) => {
     process.exit(2);
   }, task.durationMs + 60_000).unref();
   run(task).then(
-    (report) => process.send?.(report, () => process.exit(0)),
+    (report) => send(report, () => process.exit(0)),
     (err: unknown) => {
       console.error(err);
       process.exit(1);

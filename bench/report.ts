@@ -17,6 +17,8 @@ export interface LoadRow {
   p90: number;
   p99: number;
   peakRssMb: number | undefined;
+  /** CPU microseconds per op spent by each part: all producers together, the consumer, Redis. */
+  cpuUsPerOp: { producers: number | undefined; consumer: number | undefined; redis: number | undefined };
 }
 
 /** Everything one `npm run bench` measured. */
@@ -68,6 +70,22 @@ function table(r: BenchResults): string[] {
   ];
   for (const row of r.load) {
     lines.push(`| ${row.system}${row.label ? ` (${row.label})` : ''} | ${row.producers} x ${row.concurrency} | ${int(row.opsPerSec)} | ${ms(row.p50)} | ${ms(row.p90)} | ${ms(row.p99)} | ${row.errors} | ${mb(row.peakRssMb)} |`);
+  }
+  return lines;
+}
+
+/** Where the CPU goes, per op, in each load run. */
+function cpuTable(r: BenchResults): string[] {
+  const us = (n: number | undefined) => (n === undefined ? 'n/a' : n.toFixed(0));
+  const lines = [
+    '| system | producers x calls | producers | consumer | Redis | total | ops/s if every core were busy |',
+    '| --- | --- | ---: | ---: | ---: | ---: | ---: |',
+  ];
+  for (const row of r.load) {
+    const { producers, consumer, redis } = row.cpuUsPerOp;
+    const total = producers !== undefined && consumer !== undefined && redis !== undefined ? producers + consumer + redis : undefined;
+    const bound = total === undefined ? 'n/a' : int((r.machine.cpus * 1e6) / total);
+    lines.push(`| ${row.system}${row.label ? ` (${row.label})` : ''} | ${row.producers} x ${row.concurrency} | ${us(producers)} | ${us(consumer)} | ${us(redis)} | ${us(total)} | ${bound} |`);
   }
   return lines;
 }
@@ -138,6 +156,15 @@ export function writeReport(r: BenchResults, docsDir?: string): string {
   const u = find(r.load, 'userops', top);
   const b = find(r.load, 'baseline', top);
   if (u) lines.push(`At ${r.options.producers} x ${top}, userops reaches ${((u.opsPerSec / r.ceilingOpsPerSec) * 100).toFixed(1)}% of the ceiling${b ? ` and ${(u.opsPerSec / b.opsPerSec).toFixed(1)}x the baseline` : ''}.`);
+  lines.push(
+    '',
+    '## Where the CPU goes',
+    '',
+    'CPU time (user + system) per op, in microseconds, while every producer was calling. All the processes share',
+    `the same ${r.machine.cpus} cores, so ${r.machine.cpus} s of CPU a second divided by the total bounds the throughput a run can reach.`,
+    '',
+    ...cpuTable(r),
+  );
   if (r.backlog) {
     lines.push('', '## Backlog drain', '', `${int(r.backlog.ops)} create ops queued as jobs of 100 before the consumer started; drained in ${r.backlog.seconds.toFixed(1)} s = ${int(r.backlog.opsPerSec)} ops/s; consumer peak RSS ${mb(r.backlog.peakRssMb)}; failed jobs: ${r.backlog.failedJobs}.`);
   }

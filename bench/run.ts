@@ -21,8 +21,11 @@ import { applyJob } from '../src/consumer/apply.js';
 import { startPrivateRedis } from '../src/consumer/private-redis.js';
 import { Store } from '../src/consumer/store.js';
 import { freePort } from '../test/helpers/redis-server.js';
-import type { ProducerReport, ProducerTask } from './producer.js';
+import type { ProducerMessage, ProducerReport, ProducerTask } from './producer.js';
 import { type BenchResults, type LoadRow, writeReport } from './report.js';
+
+/** Linux's USER_HZ, the unit of CPU times in /proc/<pid>/stat. */
+const CLOCK_TICKS = 100;
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const TSX = ['--import', 'tsx'];
@@ -105,6 +108,16 @@ async function startConsumer(system: 'userops' | 'baseline', redisUrl: string, q
   });
   const exited = new Promise((r) => child.once('exit', r));
   return {
+    /** CPU time (user + system) used so far, in seconds, from /proc; undefined where there is none. */
+    cpuSeconds(): number | undefined {
+      try {
+        // Fields 14 and 15 (utime, stime), counted after the command name, which may hold spaces.
+        const fields = readFileSync(`/proc/${child.pid}/stat`, 'utf8').split(') ')[1]?.split(' ');
+        return fields ? (Number(fields[11]) + Number(fields[12])) / CLOCK_TICKS : undefined;
+      } catch {
+        return undefined;
+      }
+    },
     /** Peak resident set (VmHWM) in MB, read from /proc before the process exits. */
     peakRssMb(): number | undefined {
       try {
@@ -124,6 +137,12 @@ async function startConsumer(system: 'userops' | 'baseline', redisUrl: string, q
 async function runLoad(system: 'userops' | 'baseline', redisUrl: string, producers: number, concurrency: number, durationMs: number): Promise<LoadRow> {
   const queue = `bench${++queueSeq}`;
   const consumer = await startConsumer(system, redisUrl, queue, join(work, `${queue}.db`));
+  // The consumer's and Redis's CPU, sampled when every producer has begun its timed run and again
+  // when the first one ends: a window in which all of them were calling.
+  const sample = async (): Promise<CpuSample> => ({ at: performance.now(), consumer: consumer.cpuSeconds(), redis: await redisCpuSeconds(redisUrl) });
+  let started = 0;
+  let windowStart: Promise<CpuSample> | undefined;
+  let windowEnd: Promise<CpuSample> | undefined;
   let reports: ProducerReport[];
   let peakRssMb: number | undefined;
   try {
@@ -133,7 +152,14 @@ async function runLoad(system: 'userops' | 'baseline', redisUrl: string, produce
         const task: ProducerTask = { system, redisUrl, queue, id, concurrency, durationMs, mix: opts.mix };
         child.send(task);
         return new Promise<ProducerReport>((resolve, reject) => {
-          child.once('message', (m) => resolve(m as ProducerReport));
+          child.on('message', (m: ProducerMessage) => {
+            if (m === 'started') {
+              if (++started === producers) windowStart = sample();
+              return;
+            }
+            if (windowStart && !windowEnd) windowEnd = sample();
+            resolve(m);
+          });
           child.once('exit', (code) => code !== 0 && reject(new Error(`producer exited with ${code}`)));
         });
       }),
@@ -154,7 +180,45 @@ async function runLoad(system: 'userops' | 'baseline', redisUrl: string, produce
     opsPerSec: (ops / elapsed) * 1000,
     p50: ms(50), p90: ms(90), p99: ms(99),
     peakRssMb,
+    cpuUsPerOp: cpuPerOp(reports, ops / elapsed, await windowStart, await windowEnd),
   };
+}
+
+/** CPU time of the consumer, Redis and one producer at a moment of a load run. */
+interface CpuSample {
+  at: number;
+  consumer: number | undefined;
+  redis: number | undefined;
+}
+
+/** Redis's own CPU time so far (INFO cpu), in seconds. */
+async function redisCpuSeconds(url: string): Promise<number | undefined> {
+  const redis = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 1 });
+  try {
+    await redis.connect();
+    const info = await redis.info('cpu');
+    const field = (name: string) => Number(new RegExp(`^${name}:([\\d.]+)`, 'm').exec(info)?.[1]);
+    return field('used_cpu_user') + field('used_cpu_sys');
+  } catch {
+    return undefined;
+  } finally {
+    redis.disconnect();
+  }
+}
+
+/**
+ * CPU microseconds per op, by process: the producers' from their own timed runs, the consumer's
+ * and Redis's from the window between two samples, whose ops are estimated at the run's rate.
+ */
+function cpuPerOp(reports: ProducerReport[], opsPerMs: number, from: CpuSample | undefined, to: CpuSample | undefined): LoadRow['cpuUsPerOp'] {
+  const producers = (reports.reduce((n, r) => n + r.cpuUs, 0) / reports.reduce((n, r) => n + r.ops, 0)) || undefined;
+  const windowOps = from && to ? (to.at - from.at) * opsPerMs : 0;
+  const delta = (pick: (s: CpuSample) => number | undefined) => {
+    const a = from && pick(from);
+    const b = to && pick(to);
+    return a === undefined || b === undefined || windowOps <= 0 ? undefined : ((b - a) * 1e6) / windowOps;
+  };
+  return { consumer: delta((s) => s.consumer), producers, redis: delta((s) => s.redis) };
 }
 
 /** Raw better-sqlite3: batched inserts, FULL sync, 1,000 rows a transaction. */
