@@ -132,21 +132,23 @@ const redisRestart = scenario('redis-restart', 'Redis SIGKILLed under load, rest
   if (stack.live.length === 0) out.failures.push('the consumer exited when Redis went away');
 });
 
-const lostEvents = scenario('lost-events', 'completion events trimmed away and event readers disconnected', async (stack, scale, out) => {
-  const events = `bull:${stack.queue}:events`;
+const lostReplies = scenario('lost-replies', 'replies trimmed away and reply readers disconnected', async (stack, scale, out) => {
+  const redis = stack.admin.redis;
   const until = Date.now() + 2 * scale.holdMs;
   let trims = 0;
   let kills = 0;
   while (Date.now() < until) {
-    await stack.admin.redis.xtrim(events, 'MAXLEN', 0);
+    // Every client's reply stream, and BullMQ's events stream, which nobody should depend on.
+    const streams = [`bull:${stack.queue}:events`, ...(await redis.keys(`bull:${stack.queue}:userops:reply:*`))];
+    for (const key of streams) await redis.xtrim(key, 'MAXLEN', 0);
     trims++;
     if (trims % 5 === 0) {
-      // The clients' QueueEvents readers are the connections blocked in XREAD.
-      const list = await stack.admin.redis.client('LIST');
+      // The clients' reply readers are the connections blocked in XREAD.
+      const list = await redis.client('LIST');
       for (const line of String(list).split('\n').filter((l) => l.includes('cmd=xread'))) {
         const id = /\bid=(\d+)/.exec(line)?.[1];
         if (id) {
-          await stack.admin.redis.client('KILL', 'ID', id);
+          await redis.client('KILL', 'ID', id);
           kills++;
         }
       }
@@ -154,7 +156,7 @@ const lostEvents = scenario('lost-events', 'completion events trimmed away and e
     await sleep(100);
   }
   out.clearedAt = Date.now();
-  out.notes.push(`events stream emptied ${trims} times, ${kills} event readers disconnected`);
+  out.notes.push(`reply streams emptied ${trims} times, ${kills} reply readers disconnected`);
   await stack.load?.waitForOk(scale.okBetween);
 });
 
@@ -322,4 +324,4 @@ function summarize(line: string): string {
 }
 
 /** Every scenario, in the order `npm run chaos` runs them. */
-export const SCENARIOS: readonly Scenario[] = [consumerSigkill, consumerSigterm, redisRestart, lostEvents, standbyTakeover, hostileInput, diskFull, diskReadonly];
+export const SCENARIOS: readonly Scenario[] = [consumerSigkill, consumerSigterm, redisRestart, lostReplies, standbyTakeover, hostileInput, diskFull, diskReadonly];

@@ -141,7 +141,7 @@ export function bullPrefix(url: string, queue: string): string {
   return typeof target !== 'string' && target.mode === 'cluster' ? `bull:{${queue}}` : 'bull';
 }
 
-/** A key of userops' own beside the queue's (`writer`, `db`), in the queue's hash slot. */
-export function userOpsKey(url: string, queue: string, name: 'writer' | 'db'): string {
+/** A key of userops' own beside the queue's (`writer`, `db`, `reply:<id>`), in the queue's hash slot. */
+export function userOpsKey(url: string, queue: string, name: 'writer' | 'db' | `reply:${string}`): string {
   return `${bullPrefix(url, queue)}:${queue}:userops:${name}`;
 }

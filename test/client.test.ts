@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { beforeEach, describe, it } from 'node:test';
 
 import Database from 'better-sqlite3';
+import { Redis } from 'ioredis';
 
 import {
   ClientClosedError,
@@ -116,6 +117,19 @@ describe('UserOpsClient with a running consumer', () => {
     assert.deepEqual(outcomes.map((o) => o.status), ['fulfilled', 'rejected', 'rejected', 'fulfilled']);
     assert.ok(outcomes[1]?.status === 'rejected' && outcomes[1].reason instanceof UserExistsError);
     assert.ok(outcomes[2]?.status === 'rejected' && outcomes[2].reason instanceof UserNotFoundError);
+  });
+
+  it('reads its results from a reply stream of its own, deleted when it closes', async () => {
+    const { client } = await setup();
+    const other = newClient(t, { redisUrl: redis.url, queue, timeoutMs: 10_000 });
+    await Promise.all([client.createUser(bob), other.createUser({ ...bob, nickname: 'other' })]);
+    const admin = t.add(new Redis(redis.url), (r) => r.disconnect());
+    const streams = await admin.keys(`bull:${queue}:userops:reply:*`);
+    assert.equal(streams.length, 2, 'one reply stream per client');
+    for (const key of streams) assert.equal((await admin.xlen(key)) >= 1, true);
+    await client.close();
+    await other.close();
+    assert.deepEqual(await admin.keys(`bull:${queue}:userops:reply:*`), [], 'each client deleted its own');
   });
 
   it('closes idempotently and rejects calls made after close', async () => {

@@ -55,6 +55,7 @@ describe('consumer', () => {
       [{ v: 1, ops: 'all of them' }, /ops: must be an array/],
       [{ v: 1, ops: Array.from({ length: 51 }, (_, i) => create(`n${i}`)) }, /at most 50 ops/],
       [{ v: 1, ops: [create('a')], sneaky: true }, /unknown key\(s\) sneaky/],
+      [{ v: 1, ops: [create('a')], reply: 'bull:other:key' }, /reply: must be 1-64 characters/],
     ];
     for (const [data, reason] of cases) {
       const outcome = await foreign.run(data);
@@ -105,6 +106,23 @@ describe('consumer', () => {
     assert.deepEqual(consumer.database?.listUsers({}).map((u) => u.nickname), ['fine'], 'only valid data stored');
     const client = newClient(t, { redisUrl: redis.url, queue });
     assert.equal((await client.getUser('fine')).nickname, 'fine', 'still serving');
+  });
+
+  it("writes each job's outcome to the reply stream the job names, which expires", async () => {
+    const db = t.add(tempDb(), (d) => d.cleanup());
+    await startConsumer(t, { redisUrl: redis.url, queue, dbPath: db.dbPath });
+    const foreign = foreignProducer();
+    assert.equal((await foreign.run({ v: 1, ops: [create('replied')], reply: 'r1' }, 'job-ok')).state, 'completed');
+    assert.equal((await foreign.run({ v: 2, ops: [create('never')], reply: 'r1' }, 'job-bad')).state, 'failed');
+    const admin = t.add(new Redis(redis.url), (r) => r.disconnect());
+    const key = `bull:${queue}:userops:reply:r1`;
+    const entries = await admin.xrange(key, '-', '+');
+    assert.deepEqual(entries.map(([, fields]) => [fields[0], fields[1], fields[2]]), [['job', 'job-ok', 'returnvalue'], ['job', 'job-bad', 'failed']]);
+    const [ok, bad] = entries.map(([, fields]) => fields[3] as string);
+    assert.equal((JSON.parse(ok as string) as { results: { value: { nickname: string } }[] }).results[0]?.value.nickname, 'replied');
+    assert.match(bad as string, /v: must be 1/);
+    const ttl = await admin.pttl(key);
+    assert.ok(ttl > 0 && ttl <= 10 * 60_000, `expires within 10 minutes (pttl ${ttl})`);
   });
 
   it('answers bad ops in a foreign job with per-op errors and applies the good ones', async () => {

@@ -16,6 +16,7 @@ import { backoffMs, GroupCommitter } from './group-commit.js';
 import { checkReadiness, type ConsumerState, type Readiness } from './health.js';
 import { DASHBOARD_PATH, HttpServer } from './http-server.js';
 import { ConsumerMetrics } from './metrics.js';
+import { ReplySender } from './replies.js';
 import { isTransientSqliteError, sqliteCode } from './sqlite-errors.js';
 import { Store } from './store.js';
 import { leaseOwner, WriterLease, type WriterRole } from './writer-lease.js';
@@ -151,7 +152,8 @@ export class UserOpsConsumer {
         : this.log.warn('another consumer is the writer: standing by, ready to take over'),
     );
     await this.lease.start();
-    this.committer = new GroupCommitter(this.store, this.token, o, this.log, this.stopping.signal, () => this.lease?.held() ?? false, this.metrics);
+    const replies = new ReplySender(this.connection, (replyId) => userOpsKey(o.redisUrl, o.queue, `reply:${replyId}`));
+    this.committer = new GroupCommitter(this.store, this.token, o, this.log, this.stopping.signal, () => this.lease?.held() ?? false, this.metrics, replies);
     void worker.startStalledCheckTimer().catch((err: unknown) => this.log.error({ err }, 'stalled-job checker stopped'));
     this.loopDone = this.loop(worker);
     this.pruneTimer = setInterval(() => this.pruneLedger(), o.ledgerPruneIntervalMs);

@@ -12,10 +12,11 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { type Job, UnrecoverableError, type Worker } from 'bullmq';
 import type { Logger } from 'pino';
 
-import { coerceError, type JobResults, parseEnvelope } from '../protocol/index.js';
+import { coerceError, type JobResults, parseEnvelope, replyIdOf } from '../protocol/index.js';
 import { type Applied, applyJobs } from './apply.js';
 import type { ConsumerMetrics } from './metrics.js';
 import type { ResolvedConsumerOptions } from './options.js';
+import type { Addressed, ReplySender } from './replies.js';
 import { isTransientSqliteError, sqliteCode } from './sqlite-errors.js';
 import type { Store } from './store.js';
 
@@ -28,7 +29,7 @@ export function backoffMs(attempt: number): number {
 const FETCH_ROUND = 16;
 
 type UJob = Job<unknown, JobResults>;
-type ValidJob = { job: UJob; ops: unknown[] };
+type ValidJob = { job: UJob; ops: unknown[]; reply?: string | undefined };
 
 /** Ops in validated jobs. */
 function countOps(valid: readonly ValidJob[]): number {
@@ -60,6 +61,7 @@ export class GroupCommitter {
    * @param stopping - aborted when the consumer closes: retries stop and hand their jobs back
    * @param isWriter - whether this consumer still holds the writer lease
    * @param metrics - told of every group and job committed or rejected
+   * @param replies - sends each job's outcome to the client that sent it
    */
   constructor(
     private readonly store: Store,
@@ -69,6 +71,7 @@ export class GroupCommitter {
     private readonly stopping: AbortSignal,
     private readonly isWriter: () => boolean,
     private readonly metrics: ConsumerMetrics,
+    private readonly replies: ReplySender,
   ) {}
 
   /** Resolves when every acknowledgement sent so far has settled. */
@@ -108,16 +111,20 @@ export class GroupCommitter {
     }
     const started = performance.now();
     const acks: Promise<unknown>[] = [];
+    const replies: Addressed[] = [];
     const valid: ValidJob[] = [];
     for (const job of group) {
       try {
-        valid.push({ job, ops: parseEnvelope(job.data, this.options.maxOpsPerJob, this.options.maxJobBytes).ops });
+        valid.push({ job, ...parseEnvelope(job.data, this.options.maxOpsPerJob, this.options.maxJobBytes) });
       } catch (err) {
         // Not a batch at all: retrying cannot help. Fail it now, with the reason, and move on.
         const reason = coerceError(err).message;
         this.log.warn({ jobId: job.id, reason }, 'malformed job rejected');
         this.metrics.jobRejected('malformed');
         acks.push(job.moveToFailed(new UnrecoverableError(reason), this.token, false));
+        // Its sender, if it named a valid reply id, hears at once rather than when it looks the job up.
+        const replyId = replyIdOf(job.data);
+        if (replyId) replies.push({ replyId, reply: { jobId: job.id as string, failed: reason } });
       }
     }
     const applyStarted = performance.now();
@@ -128,19 +135,31 @@ export class GroupCommitter {
     if (applied.length > 0) this.metrics.groupCommitted(group.length, countOps(valid), applyMs / 1000);
     // Per-job fields cost a pass over every result; build them only when someone reads them.
     const debug = this.log.isLevelEnabled('debug');
-    applied.forEach(({ job, ops, outcome }) => {
+    const completions: (() => Promise<unknown>)[] = [];
+    applied.forEach(({ job, ops, reply, outcome }) => {
       if (outcome instanceof Error) {
         this.log.error({ jobId: job.id, err: outcome }, 'job failed to apply');
         this.metrics.jobRejected('failed');
         acks.push(job.moveToFailed(outcome, this.token, false));
+        if (reply) replies.push({ replyId: reply, reply: { jobId: job.id as string, failed: outcome.message } });
         return;
       }
       const { results, replayed, reusedId } = outcome;
       this.metrics.jobCommitted(ops, results, replayed, job.timestamp, committedAt);
       if (reusedId) this.log.warn({ jobId: job.id }, 'job id seen before with another payload (did Redis lose data?); applied as a new job');
       if (debug) this.log.debug({ jobId: job.id, ops: results.length, failed: results.filter((r) => !r.ok).length, replayed, groupJobs: group.length, ms }, replayed ? 'job replayed from ledger' : 'job applied');
-      acks.push(job.moveToCompleted({ results }, this.token, false));
+      completions.push(() => job.moveToCompleted({ results }, this.token, false));
+      if (reply) replies.push({ replyId: reply, reply: { jobId: job.id as string, returnvalue: JSON.stringify({ results }) } });
     });
+    // Replies go first, ahead of the acknowledgements: the group is durable, so its callers may hear now.
+    if (replies.length > 0) {
+      acks.push(
+        this.replies.send(replies).catch((err: unknown) => {
+          this.log.warn({ err: coerceError(err), replies: replies.length }, 'could not send replies; their clients will read the outcomes from the jobs');
+        }),
+      );
+    }
+    for (const complete of completions) acks.push(complete());
     if (debug) this.log.debug({ jobs: group.length, takeMs: Number(takeMs.toFixed(3)), applyMs: ms }, 'group committed');
     // The group is durable: the next one can be taken while these acknowledgements travel.
     const acking = Promise.allSettled(acks).then((acked) => {

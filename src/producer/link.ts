@@ -1,18 +1,21 @@
 /**
- * The client's link to Redis: its connections, the BullMQ Queue it adds to, and the one
- * QueueEvents reader whose completion events settle every call.
+ * The client's link to Redis: its connections, the BullMQ Queue it adds to, and the reader of its
+ * own reply stream, whose replies settle every call.
  *
  * Nothing is opened until the first call. Connections are not lazy once opened: ioredis keeps
  * retrying by itself and BullMQ's setup waits for it, so a client created while Redis is down
  * starts working when Redis comes up. Each call waits for that at most `connectTimeoutMs`.
  */
-import { type Job, Queue, QueueEvents } from 'bullmq';
+import { randomUUID } from 'node:crypto';
+
+import { type Job, Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 
 import { JOB_NAME, type JobPayload, RedisUnavailableError } from '../protocol/index.js';
-import { bullPrefix, RedisConnections, redactUrl, settleWithin, withDeadline } from '../redis.js';
+import { bullPrefix, RedisConnections, redactUrl, settleWithin, userOpsKey, withDeadline } from '../redis.js';
 import type { StaleJob } from './dispatcher.js';
+import { ReplyReader } from './reply-reader.js';
 
 /** Longest wait for each BullMQ close step; a healthy close takes milliseconds. */
 const CLOSE_DEADLINE_MS = 2000;
@@ -29,7 +32,7 @@ interface Parts {
   redis: RedisConnections;
   commands: Redis;
   queue: Queue;
-  events?: QueueEvents;
+  replies?: ReplyReader;
 }
 
 /** An add that may have reached Redis before its connection failed: the job may exist. */
@@ -40,12 +43,17 @@ export class QueueLink {
   private parts?: Parts;
   private connecting?: Promise<Parts>;
   private closed = false;
+  /** Names this client's reply stream in every job it adds. */
+  private readonly replyId = randomUUID();
+  private readonly replyKey: string;
 
   constructor(
     private readonly options: { redisUrl: string; queue: string; connectTimeoutMs: number },
     private readonly outcomes: Outcomes,
     private readonly log: Logger,
-  ) {}
+  ) {
+    this.replyKey = userOpsKey(options.redisUrl, options.queue, `reply:${this.replyId}`);
+  }
 
   /** Adds a job. Throws `RedisUnavailableError` only when it certainly was not enqueued. */
   async add(jobId: string, payload: JobPayload): Promise<void> {
@@ -54,7 +62,7 @@ export class QueueLink {
     try {
       // No attempts: the consumer retries transient errors in place, keeping the job's turn; a
       // BullMQ retry would run it after later jobs, and other failures are deterministic.
-      await queue.add(JOB_NAME, payload, { jobId });
+      await queue.add(JOB_NAME, { ...payload, reply: this.replyId }, { jobId });
     } catch (err) {
       // ioredis refused to send it (no offline queue): nothing reached Redis.
       if (err instanceof Error && /enableOfflineQueue/.test(err.message)) throw this.unavailable(err);
@@ -135,22 +143,12 @@ export class QueueLink {
     try {
       await queue.waitUntilReady();
       stillWanted();
-      // Read events from the stream's current end, fixed now, before the first job is added: a
-      // QueueEvents left to start at '$' could miss a job that finishes before its first XREAD.
-      const [last] = await commands.xrevrange(queue.keys.events as string, '+', '-', 'COUNT', 1);
-      stillWanted();
-      // QueueEvents reads through its own duplicate of this connection, which copies its options
-      // (retry strategy included); the original need never connect.
-      const blocking = redis.open('blocking', { lazyConnect: true });
-      const events = new QueueEvents(this.options.queue, { connection: blocking, prefix, lastEventId: last?.[0] ?? '0-0' });
-      parts.events = events;
-      events.on('completed', ({ jobId, returnvalue }) => this.outcomes.completed(jobId, returnvalue));
-      events.on('failed', ({ jobId, failedReason }) => this.outcomes.failed(jobId, failedReason));
-      events.on('error', (err) => this.log.warn({ err }, 'queue events error'));
-      await events.waitUntilReady();
-      stillWanted();
+      // Its own connection: XREAD blocks it. Retrying forever, like BullMQ's blocking readers.
+      const replies = new ReplyReader(redis.open('blocking'), this.replyKey, this.outcomes, this.log);
+      parts.replies = replies;
+      replies.start();
       this.parts = parts;
-      this.log.debug({ redis: redactUrl(this.options.redisUrl), lastEventId: last?.[0] }, 'client connected');
+      this.log.debug({ redis: redactUrl(this.options.redisUrl), replyId: this.replyId }, 'client connected');
       return parts;
     } catch (err) {
       await this.teardown(parts);
@@ -172,7 +170,9 @@ export class QueueLink {
     // With Redis gone BullMQ's close may never return (BullMQ #4656): stop reconnecting so the
     // connections end on their own, and wait for each step only briefly.
     parts.redis.stopReconnecting();
-    await settleWithin(parts.events?.close(), CLOSE_DEADLINE_MS);
+    await parts.replies?.stop();
+    // Replies to jobs still in flight would only recreate it, to expire with its TTL.
+    if (parts.commands.status === 'ready') await settleWithin(parts.commands.del(this.replyKey), CLOSE_DEADLINE_MS);
     await settleWithin(parts.queue.close(), CLOSE_DEADLINE_MS);
     await parts.redis.close();
   }

@@ -1,11 +1,12 @@
 /**
- * The job envelope: what a job carries (`{ v: 1, ops }`) and what it returns (`{ results }`).
+ * The job envelope: what a job carries (`{ v: 1, ops, reply? }`) and what it returns (`{ results }`).
  * docs/protocol.md is the prose version of this file; change both together.
  */
 import { z } from 'zod';
 
 import { ValidationError, type WireError } from './errors.js';
 import { listRows, MAX_LIST_ROWS_PER_JOB } from './ops.js';
+import { replyIdSchema } from './reply.js';
 import { parseWith } from './validate.js';
 
 /** Protocol version written by this producer and accepted by this consumer. */
@@ -38,6 +39,8 @@ export interface WireOp {
 export interface JobPayload {
   v: typeof PROTOCOL_VERSION;
   ops: WireOp[];
+  /** The sending client's reply id: the consumer writes the outcome to that client's reply stream. */
+  reply?: string;
 }
 
 /** The outcome of one op. */
@@ -70,6 +73,7 @@ function buildEnvelopeSchema(maxOps: number) {
       .array(z.unknown(), { error: 'must be an array of { op, args }' })
       .min(1, 'must hold at least one op')
       .max(maxOps, `must hold at most ${maxOps} ops`),
+    reply: replyIdSchema.optional(),
     },
     { error: 'job data must be an object like { v: 1, ops: [...] }' },
   );
@@ -84,7 +88,7 @@ export function parseEnvelope(
   data: unknown,
   maxOps = DEFAULT_MAX_OPS_PER_JOB,
   maxBytes = DEFAULT_MAX_JOB_BYTES,
-): { ops: unknown[] } {
+): { ops: unknown[]; reply?: string | undefined } {
   const envelope = parseWith(envelopeSchema(maxOps), data, 'job');
   let rows = 0;
   for (const op of envelope.ops) rows += listRows(op);

@@ -5,4 +5,5 @@
 export * from './envelope.js';
 export * from './errors.js';
 export * from './ops.js';
+export * from './reply.js';
 export * from './validate.js';
