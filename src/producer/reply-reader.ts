@@ -52,6 +52,9 @@ export class ReplyReader {
             this.deliver(id, fields);
           }
         }
+        // Drop what has been read (all but the last entry), on the way to the next XREAD: replies
+        // carry whole results, and a busy client's stream would otherwise hold a thousand of them.
+        if (streams) void this.redis.xtrim(this.key, 'MINID', this.lastId).catch(() => undefined);
       } catch (err) {
         if (this.stopped) break;
         this.log.debug({ err }, 'reading replies failed; reading again');

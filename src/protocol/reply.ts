@@ -18,7 +18,10 @@ export function replyIdOf(data: unknown): string | undefined {
   return replyIdSchema.safeParse(reply).success ? (reply as string) : undefined;
 }
 
-/** A reply stream holds about this many entries; older ones are trimmed (the client reads them at once). */
+/**
+ * A reply stream holds at most about this many entries: a cap for a client that stopped reading.
+ * A reading client trims its stream itself, to the last entry it read.
+ */
 export const REPLY_STREAM_MAXLEN = 1000;
 
 /** A reply stream nobody has written to for this long is deleted: its client is gone. */
