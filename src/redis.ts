@@ -15,8 +15,8 @@ export const DEFAULT_REDIS_URL = 'redis://127.0.0.1:6379';
 
 /**
  * `command`: fails fast while disconnected (no offline queue), for calls a user waits on.
- * `blocking`: BullMQ's Worker and QueueEvents block on Redis and must retry forever, which BullMQ
- * requires as `maxRetriesPerRequest: null`.
+ * `blocking`: BullMQ's Worker and the client's reply reader block on Redis and must retry forever,
+ * which BullMQ requires as `maxRetriesPerRequest: null`.
  */
 export type ConnectionRole = 'command' | 'blocking';
 

@@ -9,7 +9,7 @@ import { Dispatcher } from './dispatcher.js';
 import { QueueLink } from './link.js';
 import { type ClientOptions, type ResolvedClientOptions, resolveClientOptions } from './options.js';
 
-/** A job in flight this long is looked up in Redis in case its completion event was missed. */
+/** A job in flight this long is looked up in Redis in case its reply was missed. */
 const RECONCILE_AFTER_MS = 3000;
 
 /** Arguments of {@link UserOpsClient.createUser}. */
@@ -65,8 +65,8 @@ export class UserOpsClient {
       this.log,
     );
     this.link = new QueueLink(this.options, this.dispatcher, this.log);
-    // Events can be missed (a reconnect, a trimmed stream): jobs in flight for a while are looked
-    // up in Redis directly, so no call waits for an event that will never come.
+    // Replies can be missed (a trimmed or expired stream, a Redis restart): jobs in flight for a
+    // while are looked up in Redis directly, so no call waits for a reply that will never come.
     this.reconciler = setInterval(() => {
       this.link.reconcile(this.dispatcher.jobsOlderThan(RECONCILE_AFTER_MS)).catch((err: unknown) => this.log.debug({ err }, 'reconcile failed'));
     }, RECONCILE_AFTER_MS);

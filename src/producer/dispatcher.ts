@@ -8,7 +8,7 @@
  * them, in the order the calls were made.
  *
  * Every job id is generated here and the job is registered in `inFlight` before it is added, so a
- * completion event can never arrive for a job nobody is waiting on.
+ * reply can never arrive for a job nobody is waiting on.
  */
 import { randomUUID } from 'node:crypto';
 
@@ -46,7 +46,7 @@ interface PendingCall {
 /** A job added (or being added) to the queue, and the calls it carries. */
 interface InFlightJob {
   calls: PendingCall[];
-  /** When it was sent, for reconciling jobs whose events may have been missed. */
+  /** When it was sent, for reconciling jobs whose replies may have been missed. */
   since: number;
   /** Its add failed after it may have reached Redis. */
   uncertain: boolean;
@@ -122,7 +122,7 @@ export class Dispatcher {
   }
 
   /**
-   * Pumps once the calls made in this turn of the event loop are all in: a completion event
+   * Pumps once the calls made in this turn of the event loop are all in: a reply
    * resolves many callers at once, and their next calls then travel as one job. setImmediate is
    * no timer: it runs as soon as the current I/O callbacks are done, microseconds later.
    */
@@ -216,7 +216,7 @@ export class Dispatcher {
     for (const call of this.finish(jobId) ?? []) this.settle(call, err);
   }
 
-  /** Jobs in flight for longer than `ms`: candidates for reconciling after missed events. */
+  /** Jobs in flight for longer than `ms`: candidates for reconciling after missed replies. */
   jobsOlderThan(ms: number): StaleJob[] {
     const before = Date.now() - ms;
     return [...this.inFlight].filter(([, job]) => job.since < before).map(([id, job]) => ({ id, uncertain: job.uncertain }));

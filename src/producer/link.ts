@@ -38,7 +38,7 @@ interface Parts {
 /** An add that may have reached Redis before its connection failed: the job may exist. */
 export class MaybeEnqueuedError extends Error {}
 
-/** Connections, queue and events reader of one client. */
+/** Connections, queue and reply reader of one client. */
 export class QueueLink {
   private parts?: Parts;
   private connecting?: Promise<Parts>;

@@ -47,7 +47,7 @@ export const DEFAULT_LIST_LIMIT = 100;
 
 /**
  * Most rows the `user.list` ops of one job may ask for, together. Results travel whole, in the
- * job's return value (kept in Redis and carried by the events stream every client reads) and in
+ * job's return value (kept in Redis, carried by the reply and the events stream) and in
  * the ledger: without this bound a job of 1,000 list ops could ask for a million rows at once.
  */
 export const MAX_LIST_ROWS_PER_JOB = 10_000;
