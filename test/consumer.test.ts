@@ -9,7 +9,7 @@ import { pino } from 'pino';
 import { UserOpsConsumer } from '../src/consumer/index.js';
 import { RedisUnavailableError } from '../src/index.js';
 import type { Teardown } from './helpers/fixtures.js';
-import { newClient, plainQueue, redisSuite, startConsumer, tempDb } from './helpers/fixtures.js';
+import { newClient, plainQueue, redisSuite, startConsumer, tempDb, until } from './helpers/fixtures.js';
 import { freePort, TestRedis } from './helpers/redis-server.js';
 
 const suite = redisSuite();
@@ -197,6 +197,33 @@ describe('consumer', () => {
     assert.equal((await call).nickname, 'patient');
     assert.equal(consumer.database?.countUsers(), 1);
     assert.match(lines.find((l) => l.includes('SQLITE_BUSY')) ?? '', /retrying in place/);
+  });
+
+  it('hands back a lone job and the job found during its commit, in queue order, when it closes', async () => {
+    const db = t.add(tempDb(), (d) => d.cleanup());
+    const lines: string[] = [];
+    const logger = pino({ level: 'warn' }, { write: (line: string) => void lines.push(line) });
+    const first = await startConsumer(t, { redisUrl: redis.url, queue, dbPath: db.dbPath, busyTimeoutMs: 10, logger });
+    const foreign = foreignProducer();
+    // One lone job makes the consumer idle: it commits the next job alone and looks for more meanwhile.
+    assert.equal((await foreign.run({ v: 1, ops: [create('warm')] })).state, 'completed');
+    const locker = t.add(new Database(db.dbPath), (d) => d.close());
+    locker.exec('BEGIN IMMEDIATE');
+    // Both waiting at once: the first is taken alone (its commit then waits on the lock), the second by the look for more.
+    const [created, renamed] = await foreign.q.addBulk([
+      { name: 'x', data: { v: 1, ops: [create('ordered')] } },
+      { name: 'x', data: { v: 1, ops: [{ op: 'user.update', args: { nickname: 'ordered', fullName: 'Second' } }] } },
+    ]);
+    await until('the commit to wait on the lock', () => lines.some((l) => l.includes('SQLITE_BUSY')), 15_000);
+    await first.close();
+    const handedBack = lines.map((l) => JSON.parse(l) as { msg: string; jobs?: number }).find((l) => l.msg.startsWith('jobs returned to the head'));
+    assert.equal(handedBack?.jobs, 2, 'the job in hand and the one found meanwhile both went back');
+    assert.deepEqual((await foreign.q.getWaiting()).map((j) => j.id).sort(), [created?.id, renamed?.id].sort(), 'both waiting again');
+    locker.exec('ROLLBACK');
+    const second = await startConsumer(t, { redisUrl: redis.url, queue, dbPath: db.dbPath });
+    await until('both jobs to complete', async () => (await foreign.q.getCompletedCount()) === 3, 15_000);
+    // In the wrong order the rename would fail (no such user) and the name would stay 'N'.
+    assert.equal(second.database?.getUser({ nickname: 'ordered' }).fullName, 'Second', 'created, then renamed');
   });
 
   it('refuses to start when Redis is unreachable, saying so, and closes twice safely', async () => {

@@ -240,7 +240,8 @@ export class UserOpsConsumer {
   private async loop(worker: Worker<unknown, JobResults>): Promise<void> {
     for (let failures = 0; !this.stopping.signal.aborted; ) {
       if (!this.lease?.held()) {
-        // Standing by: take nothing while another consumer is the writer.
+        // Standing by: take nothing while another consumer is the writer, and hold nothing either.
+        await this.committer?.release();
         await sleep(STANDBY_POLL_MS, undefined, { signal: this.stopping.signal }).catch(() => undefined);
         continue;
       }
@@ -294,6 +295,8 @@ export class UserOpsConsumer {
     const inHand = this.inHand?.then(() => this.committer?.acknowledged());
     const drained = await settleWithin(inHand, redisUp ? DRAIN_DEADLINE_MS : 1000);
     if (!drained) this.log.warn('the group in hand did not finish in time; it will be re-delivered');
+    // Jobs a prefetch took go back to the head of the queue now, not when their locks expire.
+    if (redisUp) await settleWithin(this.committer?.release(), 1000);
     // Forced: the group in hand is done, and BullMQ runs no jobs of its own in manual mode. A
     // polite close would QUIT behind the blocking fetch and wait out its drainDelay.
     await settleWithin(this.worker?.close(true), redisUp ? 2000 : 1000);

@@ -46,8 +46,13 @@ function opCount(data: unknown): number {
 
 /** Takes, commits and acknowledges groups of jobs for one consumer. */
 export class GroupCommitter {
-  /** Jobs in the last group taken; sizes the first fetch round of the next. */
-  private lastGroupJobs = 1;
+  /**
+   * Jobs in the last group taken (0 before the first); sizes the first fetch round of the next.
+   * After a group of one the consumer is taken to be idle.
+   */
+  private lastGroupJobs = 0;
+  /** A fetch round run while a lone job commits; its jobs start the next group. */
+  private prefetched: Promise<UJob[]> | undefined;
   /**
    * Why commits are failing while a group is retried in place (a full or read-only disk), for
    * readiness; cleared by the next commit that succeeds.
@@ -79,19 +84,31 @@ export class GroupCommitter {
     return Promise.all(this.acking);
   }
 
-  /** Blocks for one job, then takes whatever else is waiting, up to the per-commit op cap. */
+  /**
+   * Blocks for one job, then takes whatever else is waiting, up to the per-commit op cap. A job
+   * that arrives at an idle consumer is returned alone at once: the round trip that looks for more
+   * runs while it commits (its fsync), and what it finds starts the next group.
+   */
   async take(worker: Worker<unknown, JobResults>): Promise<UJob[]> {
-    const first = await worker.getNextJob(this.token, { block: true });
-    if (!first) return [];
-    const group = [first];
-    let ops = opCount(first.data);
+    const group = await this.takePrefetched();
+    if (group.length === 0) {
+      const first = await worker.getNextJob(this.token, { block: true });
+      if (!first) return [];
+      group.push(first);
+      if (this.lastGroupJobs === 1) {
+        this.prefetched = this.fetchRound(worker, 1);
+        this.lastGroupJobs = 1;
+        return group;
+      }
+    }
+    let ops = 0;
+    for (const job of group) ops += opCount(job.data);
     // Several fetches at once, one round trip for all: they run in order in Redis and resolve in
     // that order, so the group keeps queue order. A round that comes back short means drained.
-    // Each empty fetch costs ~0.15 ms, so rounds start at the size of the last group (one job when
-    // idle, keeping a lone call fast) and double while they come back full.
-    for (let round = Math.min(this.lastGroupJobs, FETCH_ROUND); ops < this.options.maxOpsPerCommit; round = Math.min(round * 2, FETCH_ROUND)) {
-      const fetched = await Promise.all(Array.from({ length: round }, () => worker.getNextJob(this.token, { block: false })));
-      const jobs = fetched.filter((job) => job !== undefined);
+    // Each empty fetch costs ~0.15 ms, so rounds start at the size of the last group and double
+    // while they come back full.
+    for (let round = Math.min(Math.max(this.lastGroupJobs, 1), FETCH_ROUND); ops < this.options.maxOpsPerCommit; round = Math.min(round * 2, FETCH_ROUND)) {
+      const jobs = await this.fetchRound(worker, round);
       for (const job of jobs) {
         group.push(job);
         ops += opCount(job.data);
@@ -100,6 +117,36 @@ export class GroupCommitter {
     }
     this.lastGroupJobs = group.length;
     return group;
+  }
+
+  /** Up to `n` waiting jobs, in queue order, in one round trip. */
+  private async fetchRound(worker: Worker<unknown, JobResults>, n: number): Promise<UJob[]> {
+    const fetched = await Promise.all(Array.from({ length: n }, () => worker.getNextJob(this.token, { block: false })));
+    return fetched.filter((job) => job !== undefined);
+  }
+
+  /** Jobs a prefetch took (they are locked to this consumer), or none; they are the caller's now. */
+  private async takePrefetched(): Promise<UJob[]> {
+    const jobs = await this.prefetchedJobs();
+    this.prefetched = undefined;
+    return jobs;
+  }
+
+  /** Jobs a prefetch took, left in place. */
+  private async prefetchedJobs(): Promise<UJob[]> {
+    try {
+      return (await this.prefetched) ?? [];
+    } catch (err) {
+      // Any job it took stays locked to this consumer until its lock expires, then is re-delivered.
+      this.log.warn({ err: coerceError(err) }, 'looking for more jobs failed');
+      this.prefetched = undefined;
+      return [];
+    }
+  }
+
+  /** Hands back jobs a prefetch took: for a consumer that closes or stands by. */
+  async release(): Promise<void> {
+    await this.handBack([], undefined);
   }
 
   async commit(group: UJob[], takeMs: number): Promise<void> {
@@ -205,13 +252,18 @@ export class GroupCommitter {
         await sleep(delay, undefined, { signal: this.stopping }).catch(() => undefined);
         // Manually taken jobs get no automatic lock renewal: renew before every attempt, so a long
         // outage does not make them look stalled (busyTimeoutMs + the 2 s backoff cap < lockDurationMs).
-        await Promise.allSettled(valid.map((v) => v.job.extendLock(this.token, this.options.lockDurationMs)));
+        // Jobs a prefetch took wait behind this group, so theirs too.
+        const held = [...valid.map((v) => v.job), ...(await this.prefetchedJobs())];
+        await Promise.allSettled(held.map((job) => job.extendLock(this.token, this.options.lockDurationMs)));
       }
     }
   }
 
   /** Returns uncommitted jobs to the head of the queue in their order, for the next consumer. */
-  private async handBack(jobs: UJob[], code: string | undefined): Promise<void> {
+  private async handBack(uncommitted: UJob[], code: string | undefined): Promise<void> {
+    // Jobs a prefetch took come after these in the queue: they go back behind them, in one pass.
+    const jobs = [...uncommitted, ...(await this.takePrefetched())];
+    if (jobs.length === 0) return;
     this.log.warn({ code, jobs: jobs.length }, 'jobs returned to the head of the queue, uncommitted');
     // Each moveToWait pushes to the head, so the last job goes first to keep the first in front.
     for (const job of [...jobs].reverse()) {
