@@ -134,7 +134,28 @@ async function startConsumer(system: 'userops' | 'baseline', redisUrl: string, q
   };
 }
 
+/**
+ * Empties Redis and compacts its AOF, waiting for the rewrite to finish, so that every run starts
+ * from the same state: without it, each run inherited the jobs (and the AOF) of the runs before,
+ * and a background rewrite forked by that backlog could land in any later run.
+ */
+async function freshRedis(url: string): Promise<void> {
+  const redis = new Redis(url, { maxRetriesPerRequest: 1 });
+  try {
+    await redis.flushall();
+    await redis.bgrewriteaof().catch(() => undefined); // one may already be running
+    for (;;) {
+      const info = await redis.info('persistence');
+      if (/aof_rewrite_in_progress:0/.test(info) && /aof_rewrite_scheduled:0/.test(info)) break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  } finally {
+    redis.disconnect();
+  }
+}
+
 async function runLoad(system: 'userops' | 'baseline', redisUrl: string, producers: number, concurrency: number, durationMs: number): Promise<LoadRow> {
+  await freshRedis(redisUrl);
   const queue = `bench${++queueSeq}`;
   const consumer = await startConsumer(system, redisUrl, queue, join(work, `${queue}.db`));
   // The consumer's and Redis's CPU, sampled when every producer has begun its timed run and again
@@ -241,6 +262,7 @@ function ceiling(durationMs = 3000): number {
 
 /** Queue `total` create ops as jobs of 100 (as clients would batch them), then time the drain. */
 async function backlog(redisUrl: string, total: number) {
+  await freshRedis(redisUrl);
   const queueName = `bench${++queueSeq}`;
   const connection = new Redis(redisUrl, { maxRetriesPerRequest: null });
   const queue = new Queue(queueName, { connection });
