@@ -19,6 +19,11 @@ export interface ProducerTask {
   durationMs: number;
   /** Percentages of create, get and update. */
   mix: { create: number; get: number; update: number };
+  /**
+   * A second system called in turn with the first, one call each, so both are measured at the same
+   * moments: this disk's fsync latency drifts too much for runs made a minute apart to compare.
+   */
+  alternate?: Pick<ProducerTask, 'system' | 'queue'>;
 }
 
 /** What a producer reports back. */
@@ -29,6 +34,8 @@ export interface ProducerReport {
   elapsedMs: number;
   /** CPU time (user + system) this process spent during the timed run, in microseconds. */
   cpuUs: number;
+  /** The alternate system's calls, when there was one (its cpuUs is this process's, shared). */
+  alternate?: ProducerReport;
 }
 
 /** What a producer sends its parent: 'started' when seeding is done and the timed run begins, then its report. */
@@ -78,57 +85,76 @@ async function baselineCaller(task: ProducerTask): Promise<{ call: Call; close: 
   };
 }
 
-async function run(task: ProducerTask): Promise<ProducerReport> {
+/** One system a producer drives: how to call it, and what its calls did. */
+interface Driven {
+  call: Call;
+  close: () => Promise<void>;
+  histogram: hdr.Histogram;
+  /** Users each caller has created, the targets of its gets and updates. */
+  created: string[][];
+  ops: number;
+  errors: number;
+}
+
+async function open(task: ProducerTask): Promise<Driven> {
   const { call, close } = task.system === 'userops' ? useropsCaller(task) : await baselineCaller(task);
   const histogram = hdr.build({ lowestDiscernibleValue: 1, highestTrackableValue: 120_000_000, numberOfSignificantValueDigits: 3 });
-  const created: string[][] = Array.from({ length: task.concurrency }, () => []);
-  let errors = 0;
+  return { call, close, histogram, created: Array.from({ length: task.concurrency }, () => []), ops: 0, errors: 0 };
+}
+
+async function run(task: ProducerTask): Promise<ProducerReport> {
+  const systems = [await open(task), ...(task.alternate ? [await open({ ...task, ...task.alternate })] : [])];
   // Seed each caller with a user so gets and updates always have a target. The baseline's
   // waitUntilFinished can miss a finish (see baselineCaller): counted as an error, not a crash.
-  await Promise.all(
-    created.map(async (mine, c) => {
-      const nickname = `seed-${task.id}-${c}`;
-      await call('user.create', { nickname, fullName: 'Seed', email: `${nickname}@example.com` }).catch(() => errors++);
-      mine.push(nickname);
-    }),
-  );
-  let ops = 0;
+  for (const s of systems) {
+    await Promise.all(
+      s.created.map(async (mine, c) => {
+        const nickname = `seed-${task.id}-${c}`;
+        await s.call('user.create', { nickname, fullName: 'Seed', email: `${nickname}@example.com` }).catch(() => s.errors++);
+        mine.push(nickname);
+      }),
+    );
+  }
   let seq = 0;
+  const once = async (s: Driven, c: number) => {
+    const mine = s.created[c] as string[];
+    const roll = Math.random() * 100;
+    let op: string;
+    let args: Record<string, unknown>;
+    if (roll < task.mix.create) {
+      const nickname = `u-${task.id}-${c}-${seq++}`;
+      op = 'user.create';
+      args = { nickname, fullName: 'Bench User', email: `${nickname}@example.com` };
+    } else {
+      const nickname = mine[Math.floor(Math.random() * mine.length)] as string;
+      op = roll < task.mix.create + task.mix.get ? 'user.get' : 'user.update';
+      args = { nickname, fullName: `Renamed ${seq++}` };
+    }
+    const t0 = performance.now();
+    try {
+      await s.call(op, args);
+      if (op === 'user.create') mine.push(args.nickname as string);
+    } catch {
+      s.errors++;
+    }
+    s.histogram.recordValue(Math.max(1, Math.round((performance.now() - t0) * 1000)));
+    s.ops++;
+  };
   send('started');
   const cpuBefore = process.cpuUsage();
   const started = performance.now();
   const deadline = started + task.durationMs;
   await Promise.all(
-    created.map(async (mine, c) => {
-      while (performance.now() < deadline) {
-        const roll = Math.random() * 100;
-        let op: string;
-        let args: Record<string, unknown>;
-        if (roll < task.mix.create) {
-          const nickname = `u-${task.id}-${c}-${seq++}`;
-          op = 'user.create';
-          args = { nickname, fullName: 'Bench User', email: `${nickname}@example.com` };
-        } else {
-          const nickname = mine[Math.floor(Math.random() * mine.length)] as string;
-          op = roll < task.mix.create + task.mix.get ? 'user.get' : 'user.update';
-          args = { nickname, fullName: `Renamed ${seq++}` };
-        }
-        const t0 = performance.now();
-        try {
-          await call(op, args);
-          if (op === 'user.create') mine.push(args.nickname as string);
-        } catch {
-          errors++;
-        }
-        histogram.recordValue(Math.max(1, Math.round((performance.now() - t0) * 1000)));
-        ops++;
-      }
+    Array.from({ length: task.concurrency }, async (_, c) => {
+      // With a second system, one call to each in turn.
+      while (performance.now() < deadline) for (const s of systems) await once(s, c);
     }),
   );
   const elapsedMs = performance.now() - started;
   const cpu = process.cpuUsage(cpuBefore);
-  await close();
-  return { ops, errors, histogram: hdr.encodeIntoCompressedBase64(histogram), elapsedMs, cpuUs: cpu.user + cpu.system };
+  for (const s of systems) await s.close();
+  const [first, second] = systems.map((s) => ({ ops: s.ops, errors: s.errors, histogram: hdr.encodeIntoCompressedBase64(s.histogram), elapsedMs, cpuUs: cpu.user + cpu.system }));
+  return { ...(first as ProducerReport), ...(second ? { alternate: second } : {}) };
 }
 
 process.once('message', (task: ProducerTask) => {

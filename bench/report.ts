@@ -149,6 +149,10 @@ export function writeReport(r: BenchResults, docsDir?: string): string {
     '`baseline` is the straightforward design: one BullMQ job per op, `waitUntilFinished`, a concurrency-1 worker committing each op in its own transaction.',
     '',
     ...table(r),
+    ...(find(r.load, 'baseline', undefined, true)
+      ? ['', 'The idle rows are one run in which a single caller called userops and the baseline in turn, so both met the disk at the same',
+          'moments (its fsync latency drifts within minutes); each row counts only its own calls, so its ops/s is about half of what it would be alone.']
+      : []),
     '',
     `Ceiling, raw better-sqlite3 inserts (1,000 a transaction, FULL sync): ${int(r.ceilingOpsPerSec)} rows/s.`,
   ];

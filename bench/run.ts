@@ -154,23 +154,31 @@ async function freshRedis(url: string): Promise<void> {
   }
 }
 
-async function runLoad(system: 'userops' | 'baseline', redisUrl: string, producers: number, concurrency: number, durationMs: number): Promise<LoadRow> {
+type System = 'userops' | 'baseline';
+
+/**
+ * One load run: P producer processes x C callers against `systems[0]`, or, given two systems, one
+ * producer calling each in turn (the idle comparison), so both see the disk at the same moments.
+ */
+async function runLoad(systems: readonly [System] | readonly [System, System], redisUrl: string, producers: number, concurrency: number, durationMs: number): Promise<LoadRow[]> {
   await freshRedis(redisUrl);
-  const queue = `bench${++queueSeq}`;
-  const consumer = await startConsumer(system, redisUrl, queue, join(work, `${queue}.db`));
-  // The consumer's and Redis's CPU, sampled when every producer has begun its timed run and again
+  const queues = systems.map(() => `bench${++queueSeq}`);
+  const consumers: Awaited<ReturnType<typeof startConsumer>>[] = [];
+  // The consumers' and Redis's CPU, sampled when every producer has begun its timed run and again
   // when the first one ends: a window in which all of them were calling.
-  const sample = async (): Promise<CpuSample> => ({ at: performance.now(), consumer: consumer.cpuSeconds(), redis: await redisCpuSeconds(redisUrl) });
+  const sample = async (): Promise<CpuSample> => ({ at: performance.now(), consumers: consumers.map((c) => c.cpuSeconds()), redis: await redisCpuSeconds(redisUrl) });
   let started = 0;
   let windowStart: Promise<CpuSample> | undefined;
   let windowEnd: Promise<CpuSample> | undefined;
   let reports: ProducerReport[];
-  let peakRssMb: number | undefined;
+  const peakRssMb: (number | undefined)[] = [];
   try {
+    for (const [i, system] of systems.entries()) consumers.push(await startConsumer(system, redisUrl, queues[i] as string, join(work, `${queues[i]}.db`)));
+    const [first, second] = systems;
     reports = await Promise.all(
       Array.from({ length: producers }, (_, id) => {
         const child = fork(join(ROOT, 'bench/producer.ts'), { execArgv: TSX, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
-        const task: ProducerTask = { system, redisUrl, queue, id, concurrency, durationMs, mix: opts.mix };
+        const task: ProducerTask = { system: first, redisUrl, queue: queues[0] as string, id, concurrency, durationMs, mix: opts.mix, ...(second ? { alternate: { system: second, queue: queues[1] as string } } : {}) };
         child.send(task);
         return new Promise<ProducerReport>((resolve, reject) => {
           child.on('message', (m: ProducerMessage) => {
@@ -187,28 +195,37 @@ async function runLoad(system: 'userops' | 'baseline', redisUrl: string, produce
     );
   } finally {
     // Even when a producer fails, so a failed run leaves no consumer behind.
-    peakRssMb = consumer.peakRssMb();
-    await consumer.stop();
+    for (const consumer of consumers) {
+      peakRssMb.push(consumer.peakRssMb());
+      await consumer.stop();
+    }
   }
-  const merged = hdr.build({ lowestDiscernibleValue: 1, highestTrackableValue: 120_000_000, numberOfSignificantValueDigits: 3 });
-  for (const r of reports) merged.add(hdr.decodeFromCompressedBase64(r.histogram));
-  const ops = reports.reduce((n, r) => n + r.ops, 0);
-  const elapsed = Math.max(...reports.map((r) => r.elapsedMs));
-  const ms = (p: number) => merged.getValueAtPercentile(p) / 1000;
-  return {
-    system, producers, concurrency, ops,
-    errors: reports.reduce((n, r) => n + r.errors, 0),
-    opsPerSec: (ops / elapsed) * 1000,
-    p50: ms(50), p90: ms(90), p99: ms(99),
-    peakRssMb,
-    cpuUsPerOp: cpuPerOp(reports, ops / elapsed, await windowStart, await windowEnd),
-  };
+  const [from, to] = [await windowStart, await windowEnd];
+  return systems.map((system, i) => {
+    const mine = i === 0 ? reports : reports.map((r) => r.alternate as ProducerReport);
+    const merged = hdr.build({ lowestDiscernibleValue: 1, highestTrackableValue: 120_000_000, numberOfSignificantValueDigits: 3 });
+    for (const r of mine) merged.add(hdr.decodeFromCompressedBase64(r.histogram));
+    const ops = mine.reduce((n, r) => n + r.ops, 0);
+    const elapsed = Math.max(...mine.map((r) => r.elapsedMs));
+    const ms = (p: number) => merged.getValueAtPercentile(p) / 1000;
+    const cpu = cpuPerOp(mine, ops / elapsed, from, to, i);
+    return {
+      system, producers, concurrency, ops,
+      errors: mine.reduce((n, r) => n + r.errors, 0),
+      opsPerSec: (ops / elapsed) * 1000,
+      p50: ms(50), p90: ms(90), p99: ms(99),
+      peakRssMb: peakRssMb[i],
+      // Two systems share the producer process and Redis: only the consumers' CPU is their own.
+      cpuUsPerOp: systems.length === 1 ? cpu : { ...cpu, producers: undefined, redis: undefined },
+    };
+  });
 }
 
 /** CPU time of the consumer, Redis and one producer at a moment of a load run. */
 interface CpuSample {
   at: number;
-  consumer: number | undefined;
+  /** Each system's consumer, in the order of the run's systems. */
+  consumers: (number | undefined)[];
   redis: number | undefined;
 }
 
@@ -231,7 +248,7 @@ async function redisCpuSeconds(url: string): Promise<number | undefined> {
  * CPU microseconds per op, by process: the producers' from their own timed runs, the consumer's
  * and Redis's from the window between two samples, whose ops are estimated at the run's rate.
  */
-function cpuPerOp(reports: ProducerReport[], opsPerMs: number, from: CpuSample | undefined, to: CpuSample | undefined): LoadRow['cpuUsPerOp'] {
+function cpuPerOp(reports: ProducerReport[], opsPerMs: number, from: CpuSample | undefined, to: CpuSample | undefined, consumer = 0): LoadRow['cpuUsPerOp'] {
   const producers = (reports.reduce((n, r) => n + r.cpuUs, 0) / reports.reduce((n, r) => n + r.ops, 0)) || undefined;
   const windowOps = from && to ? (to.at - from.at) * opsPerMs : 0;
   const delta = (pick: (s: CpuSample) => number | undefined) => {
@@ -239,7 +256,7 @@ function cpuPerOp(reports: ProducerReport[], opsPerMs: number, from: CpuSample |
     const b = to && pick(to);
     return a === undefined || b === undefined || windowOps <= 0 ? undefined : ((b - a) * 1e6) / windowOps;
   };
-  return { consumer: delta((s) => s.consumer), producers, redis: delta((s) => s.redis) };
+  return { consumer: delta((s) => s.consumers[consumer]), producers, redis: delta((s) => s.redis) };
 }
 
 /** Raw better-sqlite3: batched inserts, FULL sync, 1,000 rows a transaction. */
@@ -351,7 +368,7 @@ function growth(size: number) {
 async function main(): Promise<void> {
   const redis = await startPrivateRedis('redis-server', join(work, 'redis'), await freePort(), pino({ level: 'silent' }));
   const systems = opts.baseline ? (['userops', 'baseline'] as const) : (['userops'] as const);
-  const loadRuns = systems.length * (sweep.length + 1);
+  const loadRuns = systems.length * sweep.length + 1;
   const bar = opts.json || !process.stderr.isTTY ? undefined : new SingleBar({ format: 'bench [{bar}] {value}/{total} runs | {step}', hideCursor: true });
   bar?.start(loadRuns + 3, 0, { step: 'starting' });
   const step = (name: string) => {
@@ -360,16 +377,16 @@ async function main(): Promise<void> {
   };
   try {
     const load: LoadRow[] = [];
-    // Both idle runs first and back to back, before anything has filled the disk's write-back
-    // cache: fsync latency here drifts by milliseconds, and this comparison is about one fsync.
-    for (const system of systems) {
-      step(`${system} idle latency (1 producer x 1 call)`);
-      load.push({ ...(await runLoad(system, redis.url, 1, 1, opts.duration * 1000)), label: 'idle' });
-    }
+    // Idle first, before anything has filled the disk's write-back cache, and both systems in one
+    // run, a call to each in turn: fsync latency here drifts by milliseconds within minutes, and
+    // this comparison is about one fsync.
+    step(`idle latency (1 producer x 1 call${opts.baseline ? ', userops and baseline in turn' : ''})`);
+    const idle = await runLoad(opts.baseline ? ['userops', 'baseline'] : ['userops'], redis.url, 1, 1, opts.duration * 1000);
+    load.push(...idle.map((row) => ({ ...row, label: 'idle' as const })));
     for (const system of systems) {
       for (const c of sweep) {
         step(`${system} ${opts.producers} producers x ${c} calls`);
-        load.push(await runLoad(system, redis.url, opts.producers, c, opts.duration * 1000));
+        load.push(...(await runLoad([system], redis.url, opts.producers, c, opts.duration * 1000)));
       }
     }
     step(`backlog of ${opts.backlog} ops`);
