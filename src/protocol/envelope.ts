@@ -6,7 +6,6 @@ import { z } from 'zod';
 
 import { ValidationError, type WireError } from './errors.js';
 import { listRows, MAX_LIST_ROWS_PER_JOB } from './ops.js';
-import { replyIdSchema } from './reply.js';
 import { parseWith } from './validate.js';
 
 /** Protocol version written by this producer and accepted by this consumer. */
@@ -24,10 +23,14 @@ export const DEFAULT_MAX_OPS_PER_JOB = 1000;
 /** Most bytes of JSON one job's data may take unless the consumer is configured otherwise. */
 export const DEFAULT_MAX_JOB_BYTES = 1024 * 1024;
 
-/** Queue names become Redis key segments: keep them to characters that need no escaping. */
-export const queueNameSchema = z
-  .string()
-  .regex(/^[A-Za-z0-9_-]{1,64}$/, 'must be 1-64 characters of letters, digits, _ or -');
+/** A Redis key segment: characters that need no escaping. */
+const keySegmentSchema = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'must be 1-64 characters of letters, digits, _ or -');
+
+/** Queue names become Redis key segments. */
+export const queueNameSchema = keySegmentSchema;
+
+/** A client's reply id names its reply stream's key (see reply.ts). */
+export const replyIdSchema = keySegmentSchema;
 
 /** An op as it travels: the op name and its arguments. */
 export interface WireOp {

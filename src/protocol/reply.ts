@@ -7,10 +7,7 @@
  * BullMQ's events and the job's return value are still written, for other readers and for a
  * client that missed its reply. docs/protocol.md is the prose version of this file.
  */
-import { z } from 'zod';
-
-/** A client's reply id: a key segment, so characters that need no escaping. */
-export const replyIdSchema = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'must be 1-64 characters of letters, digits, _ or -');
+import { replyIdSchema } from './envelope.js';
 
 /** The reply id a job's data names, if it names a valid one; for answering a job that is otherwise malformed. */
 export function replyIdOf(data: unknown): string | undefined {
