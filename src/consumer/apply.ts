@@ -16,6 +16,8 @@ import type { Store } from './store.js';
 /** What applying a job produced. */
 export interface Applied {
   results: OpResult[];
+  /** `results` as JSON, made once for the ledger and reused for the reply. */
+  resultsJson: string;
   /** True when the job had been applied before and its recorded results were returned. */
   replayed: boolean;
   /** True when the ledger held another payload under this job id (Redis lost its data?). */
@@ -59,10 +61,11 @@ export function applyJobs(store: Store, jobs: readonly ValidJob[], now = Date.no
       jobs.map((job) => {
         const hash = payloadHash(job.ops);
         const recorded = store.ledgerGet(job.id, hash);
-        if (recorded && 'results' in recorded) return { results: recorded.results, replayed: true };
+        if (recorded && 'results' in recorded) return { ...recorded, replayed: true };
         const results = job.ops.map((raw) => applyOne(store, raw, now));
-        store.ledgerPut(job.id, hash, results, now);
-        return { results, replayed: false, reusedId: recorded !== undefined };
+        const resultsJson = JSON.stringify(results);
+        store.ledgerPut(job.id, hash, resultsJson, now);
+        return { results, resultsJson, replayed: false, reusedId: recorded !== undefined };
       }),
     )
     .immediate();

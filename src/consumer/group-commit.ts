@@ -97,7 +97,6 @@ export class GroupCommitter {
       group.push(first);
       if (this.lastGroupJobs === 1) {
         this.prefetched = this.fetchRound(worker, 1);
-        this.lastGroupJobs = 1;
         return group;
       }
     }
@@ -191,12 +190,13 @@ export class GroupCommitter {
         if (reply) replies.push({ replyId: reply, reply: { jobId: job.id as string, failed: outcome.message } });
         return;
       }
-      const { results, replayed, reusedId } = outcome;
+      const { results, resultsJson, replayed, reusedId } = outcome;
       this.metrics.jobCommitted(ops, results, replayed, job.timestamp, committedAt);
       if (reusedId) this.log.warn({ jobId: job.id }, 'job id seen before with another payload (did Redis lose data?); applied as a new job');
       if (debug) this.log.debug({ jobId: job.id, ops: results.length, failed: results.filter((r) => !r.ok).length, replayed, groupJobs: group.length, ms }, replayed ? 'job replayed from ledger' : 'job applied');
       completions.push(() => job.moveToCompleted({ results }, this.token, false));
-      if (reply) replies.push({ replyId: reply, reply: { jobId: job.id as string, returnvalue: JSON.stringify({ results }) } });
+      // The return value as BullMQ would write it, from the JSON already made for the ledger.
+      if (reply) replies.push({ replyId: reply, reply: { jobId: job.id as string, returnvalue: `{"results":${resultsJson}}` } });
     });
     // Replies go first, ahead of the acknowledgements: the group is durable, so its callers may hear now.
     if (replies.length > 0) {

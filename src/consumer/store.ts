@@ -172,17 +172,17 @@ export class Store {
    * What the ledger knows of `jobId`: nothing, the same job (its recorded results), or another
    * job that had the same id (`{ reused: true }`).
    */
-  ledgerGet(jobId: string, payloadHash: string): { results: OpResult[] } | { reused: true } | undefined {
+  ledgerGet(jobId: string, payloadHash: string): { results: OpResult[]; resultsJson: string } | { reused: true } | undefined {
     const row = this.stmt.ledgerGet.get(jobId);
     if (!row) return undefined;
     // Rows from schema 1 have no hash: trust the id, as schema 1 did.
     if (row.payload_hash !== '' && row.payload_hash !== payloadHash) return { reused: true };
-    return { results: JSON.parse(row.results) as OpResult[] };
+    return { results: JSON.parse(row.results) as OpResult[], resultsJson: row.results };
   }
 
-  /** Records that `jobId` was applied with these results. Call inside the job's transaction. */
-  ledgerPut(jobId: string, payloadHash: string, results: OpResult[], now: number): void {
-    this.stmt.ledgerPut.run(jobId, payloadHash, JSON.stringify(results), now);
+  /** Records that `jobId` was applied with these results (`OpResult[]` as JSON). Call inside the job's transaction. */
+  ledgerPut(jobId: string, payloadHash: string, resultsJson: string, now: number): void {
+    this.stmt.ledgerPut.run(jobId, payloadHash, resultsJson, now);
   }
 
   /** Deletes ledger rows applied before `before` (epoch ms); returns how many. */
