@@ -8,7 +8,7 @@ import type { Redis } from 'ioredis';
 import type { AdminConfig } from '../config.js';
 import { createLogger } from '../logger.js';
 import { RedisUnavailableError } from '../protocol/errors.js';
-import { bullPrefix, DEFAULT_REDIS_URL, RedisConnections, redactUrl, settleWithin, userOpsKey, withDeadline } from '../redis.js';
+import { DEFAULT_REDIS_URL, queueOptions, RedisConnections, redactUrl, settleWithin, userOpsKey, withDeadline } from '../redis.js';
 
 /** How long a command waits for Redis before exiting 3; as long as a client's connect timeout. */
 const CONNECT_DEADLINE_MS = 5000;
@@ -34,7 +34,7 @@ export async function withAdminQueue<T>(config: AdminConfig, work: (q: AdminQueu
   // ioredis waits this long for a socket that never connected to close (2 s by default), which
   // would hold the process after a failed connect; a command exits as soon as it is done.
   const redis = connections.open('command', { disconnectTimeout: 200 });
-  const queue = new Queue(config.queue, { connection: redis, prefix: bullPrefix(url, config.queue) });
+  const queue = new Queue(config.queue, queueOptions(url, config.queue, redis));
   queue.on('error', (err) => logger.debug({ err }, 'queue error'));
   try {
     try {

@@ -10,7 +10,7 @@ import type { Redis } from 'ioredis';
 import { type Logger, pino } from 'pino';
 
 import { coerceError, ConfigError, type JobResults, RedisUnavailableError } from '../protocol/index.js';
-import { bullPrefix, RedisConnections, redactUrl, settleWithin, userOpsKey, withDeadline } from '../redis.js';
+import { queueOptions, RedisConnections, redactUrl, settleWithin, userOpsKey, withDeadline } from '../redis.js';
 import { type ConsumerOptions, type ResolvedConsumerOptions, resolveConsumerOptions } from './options.js';
 import { backoffMs, GroupCommitter } from './group-commit.js';
 import { checkReadiness, type ConsumerState, type Readiness } from './health.js';
@@ -117,8 +117,8 @@ export class UserOpsConsumer {
     this.redis = new RedisConnections(o.redisUrl, this.log);
     this.connection = this.redis.open('blocking');
     this.commands = this.redis.open('command');
-    const prefix = bullPrefix(o.redisUrl, o.queue);
-    this.queue = new Queue(o.queue, { connection: this.commands, prefix });
+    const queueOpts = queueOptions(o.redisUrl, o.queue, this.commands);
+    this.queue = new Queue(o.queue, queueOpts);
     this.queue.on('error', (err) => this.log.debug({ err }, 'queue reader error'));
     // Up before the database and Redis are waited for, so a consumer stuck waiting says so on /readyz.
     if (o.http) await this.startHttp(o.http, this.queue);
@@ -127,7 +127,7 @@ export class UserOpsConsumer {
     // No processor: jobs are taken by `loop()` below, a group at a time.
     const worker = new Worker<unknown, JobResults>(o.queue, null, {
       connection: this.connection,
-      prefix,
+      prefix: queueOpts.prefix,
       concurrency: 1,
       autorun: false,
       // Seconds a blocking fetch waits for a job; bounds how long an idle consumer takes to stop.

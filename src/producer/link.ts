@@ -13,7 +13,7 @@ import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 
 import { JOB_NAME, type JobPayload, RedisUnavailableError } from '../protocol/index.js';
-import { bullPrefix, RedisConnections, redactUrl, settleWithin, userOpsKey, withDeadline } from '../redis.js';
+import { queueOptions, RedisConnections, redactUrl, settleWithin, userOpsKey, withDeadline } from '../redis.js';
 import type { StaleJob } from './dispatcher.js';
 import { ReplyReader } from './reply-reader.js';
 
@@ -132,8 +132,7 @@ export class QueueLink {
   private async connect(): Promise<Parts> {
     const redis = new RedisConnections(this.options.redisUrl, this.log);
     const commands = redis.open('command');
-    const prefix = bullPrefix(this.options.redisUrl, this.options.queue);
-    const queue = new Queue(this.options.queue, { connection: commands, prefix });
+    const queue = new Queue(this.options.queue, queueOptions(this.options.redisUrl, this.options.queue, commands));
     queue.on('error', (err) => this.log.debug({ err }, 'queue error'));
     const parts: Parts = { redis, commands, queue };
     this.attempt = parts;
