@@ -136,13 +136,13 @@ describe('UserOpsClient with a running consumer', () => {
 
   it("keeps BullMQ's events stream short: nothing of userops reads it, and its entries carry results", async () => {
     const { client } = await setup();
-    // One job per call, each adding several entries (added, waiting, active, completed): ~2,400
-    // in all, over the cap and under BullMQ's default of 10,000, so only the cap trims them.
+    // One job per call, each adding about five entries (added, waiting, active, completed...):
+    // ~3,000 in all, over the cap and under BullMQ's default of 10,000, so only the cap trims them.
     await client.createUser(bob);
     for (let i = 0; i < 600; i++) await client.getUser('bob');
     const admin = t.add(new Redis(redis.url), (r) => r.disconnect());
     const length = await admin.xlen(`bull:${queue}:events`);
-    // Trimmed approximately (MAXLEN ~): a little over 1,000 at most, never the ~2,400 added.
+    // Trimmed approximately (MAXLEN ~): a little over 1,000 at most, never the ~3,000 added.
     assert.ok(length >= 1000 && length < 1300, `events stream holds ${length} entries`);
   });
 
