@@ -97,6 +97,9 @@ export class GroupCommitter {
       group.push(first);
       if (this.lastGroupJobs === 1) {
         this.prefetched = this.fetchRound(worker, 1);
+        // Awaited only at the next take, or after a retry's backoff: a failure before then must not
+        // count as an unhandled rejection, which would end the daemon. prefetchedJobs() reports it.
+        this.prefetched.catch(() => undefined);
         return group;
       }
     }
