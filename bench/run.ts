@@ -221,7 +221,7 @@ async function runLoad(systems: readonly [System] | readonly [System, System], r
   });
 }
 
-/** CPU time of the consumer, Redis and one producer at a moment of a load run. */
+/** CPU time of the consumers and Redis at a moment of a load run (producers measure their own). */
 interface CpuSample {
   at: number;
   /** Each system's consumer, in the order of the run's systems. */
