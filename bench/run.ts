@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import { Queue } from 'bullmq';
 import { SingleBar } from 'cli-progress';
-import { Command, InvalidArgumentError } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import * as hdr from 'hdr-histogram-js';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
@@ -23,6 +23,9 @@ import { Store } from '../src/consumer/store.js';
 import { freePort } from '../test/helpers/redis-server.js';
 import type { ProducerMessage, ProducerReport, ProducerTask } from './producer.js';
 import { type BenchResults, type LoadRow, writeReport } from './report.js';
+
+/** How long a consumer may take to say it is ready. */
+const READY_TIMEOUT_MS = 60_000;
 
 /** Linux's USER_HZ, the unit of CPU times in /proc/<pid>/stat. */
 const CLOCK_TICKS = 100;
@@ -48,16 +51,24 @@ function parseMix(value: string): Mix {
 function positive(what: string, allowZero = false) {
   return (value: string) => {
     const n = Number(value);
-    if (!Number.isInteger(n) || n < (allowZero ? 0 : 1)) throw new InvalidArgumentError(`${what}: expected a whole number, got "${value}"`);
+    if (value.trim() === '' || !Number.isInteger(n) || n < (allowZero ? 0 : 1)) {
+      throw new InvalidArgumentError(`${what}: expected a whole number of at least ${allowZero ? 0 : 1}, got "${value}"`);
+    }
     return n;
   };
 }
 
+/** A comma-separated list of positive whole numbers, checked by commander like any option. */
+function positiveList(what: string) {
+  const one = positive(what);
+  return (value: string) => value.split(',').map(one);
+}
+
 const program = new Command('bench')
   .option('--producers <P>', 'producer processes', positive('--producers'), 4)
-  .option('--concurrency <list>', 'concurrent calls per producer, comma-separated sweep', '1,8,64')
+  .addOption(new Option('--concurrency <list>', 'concurrent calls per producer, comma-separated sweep').argParser(positiveList('--concurrency')).default([1, 8, 64], '1,8,64'))
   .option('--duration <s>', 'seconds per load run', positive('--duration'), 10)
-  .option('--mix <mix>', 'op mix in percent', parseMix, parseMix('create=50,get=25,update=25'))
+  .addOption(new Option('--mix <mix>', 'op mix in percent').argParser(parseMix).default(parseMix('create=50,get=25,update=25'), 'create=50,get=25,update=25'))
   .option('--backlog <n>', 'ops queued before the consumer starts (0 skips)', positive('--backlog', true), 1_000_000)
   .option('--growth <n>', 'table size for the cost-per-op check (0 skips)', positive('--growth', true), 1_000_000)
   .option('--no-baseline', 'skip the per-op baseline')
@@ -67,7 +78,7 @@ const program = new Command('bench')
 
 const opts = program.opts<{
   producers: number;
-  concurrency: string;
+  concurrency: number[];
   duration: number;
   mix: Mix;
   backlog: number;
@@ -76,7 +87,7 @@ const opts = program.opts<{
   write: boolean;
   json: boolean;
 }>();
-const sweep = opts.concurrency.split(',').map((c) => positive('--concurrency')(c));
+const sweep = opts.concurrency;
 const say = (line: string) => {
   if (!opts.json) process.stderr.write(`${line}\n`);
 };
@@ -100,11 +111,27 @@ async function startConsumer(system: 'userops' | 'baseline', redisUrl: string, q
         });
   await new Promise<void>((resolve, reject) => {
     let buffer = '';
+    // A consumer that never gets ready (waiting for a database it cannot write, say) must not
+    // hang the benchmark: give up, and show what it said.
+    const deadline = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`${system} consumer not ready after ${READY_TIMEOUT_MS / 1000} s; it said:\n${buffer.slice(-2000)}`));
+    }, READY_TIMEOUT_MS);
     child.stdout?.on('data', (d: Buffer) => {
       buffer += d.toString();
-      if (buffer.includes('consumer ready')) resolve();
+      if (buffer.includes('consumer ready')) {
+        clearTimeout(deadline);
+        resolve();
+      }
     });
-    child.once('exit', (code) => reject(new Error(`${system} consumer exited with ${code}`)));
+    child.once('error', (err) => {
+      clearTimeout(deadline);
+      reject(new Error(`${system} consumer could not start: ${err.message}${system === 'userops' ? ' (npm run bench builds dist/ first)' : ''}`));
+    });
+    child.once('exit', (code) => {
+      clearTimeout(deadline);
+      reject(new Error(`${system} consumer exited with ${code}`));
+    });
   });
   const exited = new Promise((r) => child.once('exit', r));
   return {
@@ -295,7 +322,8 @@ async function backlog(redisUrl: string, total: number) {
     }
     await queue.addBulk(jobs);
   }
-  const consumer = await startConsumer('userops', redisUrl, queueName, join(work, `${queueName}.db`));
+  const dbPath = join(work, `${queueName}.db`);
+  const consumer = await startConsumer('userops', redisUrl, queueName, dbPath);
   const started = performance.now();
   for (;;) {
     const c = await queue.getJobCounts('wait', 'active', 'failed');
@@ -308,7 +336,11 @@ async function backlog(redisUrl: string, total: number) {
   await consumer.stop();
   await queue.close();
   connection.disconnect();
-  return { ops: total, seconds, opsPerSec: total / seconds, peakRssMb, failedJobs: failed };
+  // An empty queue is not proof of work done: count what reached the database.
+  const db = new Database(dbPath, { readonly: true });
+  const applied = (db.prepare('SELECT count(*) AS n FROM users').get() as { n: number }).n;
+  db.close();
+  return { ops: total, seconds, opsPerSec: total / seconds, peakRssMb, failedJobs: failed, applied };
 }
 
 /**
