@@ -68,6 +68,7 @@ const program = new Command('bench')
   .option('--producers <P>', 'producer processes', positive('--producers'), 4)
   .addOption(new Option('--concurrency <list>', 'concurrent calls per producer, comma-separated sweep').argParser(positiveList('--concurrency')).default([1, 8, 64], '1,8,64'))
   .option('--duration <s>', 'seconds per load run', positive('--duration'), 10)
+  .option('--repeat <n>', 'runs of each sweep point; the median run is reported, with the spread', positive('--repeat'), 3)
   .addOption(new Option('--mix <mix>', 'op mix in percent').argParser(parseMix).default(parseMix('create=50,get=25,update=25'), 'create=50,get=25,update=25'))
   .option('--backlog <n>', 'ops queued before the consumer starts (0 skips)', positive('--backlog', true), 1_000_000)
   .option('--growth <n>', 'table size for the cost-per-op check (0 skips)', positive('--growth', true), 1_000_000)
@@ -80,6 +81,7 @@ const opts = program.opts<{
   producers: number;
   concurrency: number[];
   duration: number;
+  repeat: number;
   mix: Mix;
   backlog: number;
   growth: number;
@@ -248,6 +250,17 @@ async function runLoad(systems: readonly [System] | readonly [System, System], r
   });
 }
 
+/**
+ * The run with the median throughput, standing for all of them: this machine's speed drifts by a
+ * fifth between identical runs minutes apart, so one run says little. Its `runs` keep every run's
+ * rate, and its `errors` count the failed calls of all of them, so no failure hides in a run not shown.
+ */
+function medianRun(runs: LoadRow[]): LoadRow {
+  const sorted = [...runs].sort((a, b) => a.opsPerSec - b.opsPerSec);
+  const median = sorted[Math.floor((sorted.length - 1) / 2)] as LoadRow;
+  return { ...median, errors: runs.reduce((n, r) => n + r.errors, 0), runs: runs.map((r) => r.opsPerSec) };
+}
+
 /** CPU time of the consumers and Redis at a moment of a load run (producers measure their own). */
 interface CpuSample {
   at: number;
@@ -400,7 +413,7 @@ function growth(size: number) {
 async function main(): Promise<void> {
   const redis = await startPrivateRedis('redis-server', join(work, 'redis'), await freePort(), pino({ level: 'silent' }));
   const systems = opts.baseline ? (['userops', 'baseline'] as const) : (['userops'] as const);
-  const loadRuns = systems.length * sweep.length + 1;
+  const loadRuns = systems.length * sweep.length * opts.repeat + 1;
   const bar = opts.json || !process.stderr.isTTY ? undefined : new SingleBar({ format: 'bench [{bar}] {value}/{total} runs | {step}', hideCursor: true });
   bar?.start(loadRuns + 3, 0, { step: 'starting' });
   const step = (name: string) => {
@@ -417,8 +430,12 @@ async function main(): Promise<void> {
     load.push(...idle.map((row) => ({ ...row, label: 'idle' as const })));
     for (const system of systems) {
       for (const c of sweep) {
-        step(`${system} ${opts.producers} producers x ${c} calls`);
-        load.push(...(await runLoad([system], redis.url, opts.producers, c, opts.duration * 1000)));
+        const runs: LoadRow[] = [];
+        for (let k = 1; k <= opts.repeat; k++) {
+          step(`${system} ${opts.producers} producers x ${c} calls${opts.repeat > 1 ? `, run ${k} of ${opts.repeat}` : ''}`);
+          runs.push(...(await runLoad([system], redis.url, opts.producers, c, opts.duration * 1000)));
+        }
+        load.push(medianRun(runs));
       }
     }
     step(`backlog of ${opts.backlog} ops`);
@@ -436,7 +453,7 @@ async function main(): Promise<void> {
         node: process.version,
         date: new Date().toISOString(),
       },
-      options: { producers: opts.producers, sweep, durationS: opts.duration, mix: opts.mix },
+      options: { producers: opts.producers, sweep, durationS: opts.duration, repeat: opts.repeat, mix: opts.mix },
       ceilingOpsPerSec: ceilingRate,
       load,
       backlog: drained,
