@@ -46,11 +46,8 @@ const verdict = (ok: boolean) => (ok ? 'met' : 'NOT met');
  * A rate counts every call that ended, failed ones too: a run whose calls failed has measured
  * how fast they fail, and meets no target. Says so, or nothing when every call succeeded.
  */
-const failures = (...rows: LoadRow[]) => {
-  const failed = rows.reduce((n, row) => n + row.errors, 0);
-  return failed === 0 ? '' : ` (${int(failed)} calls failed)`;
-};
-const clean = (...rows: LoadRow[]) => rows.every((row) => row.errors === 0);
+const failures = (row: LoadRow) => (row.errors === 0 ? '' : ` (${int(row.errors)} calls failed)`);
+const clean = (row: LoadRow) => row.errors === 0;
 
 /** " (median of 3 runs: 19,000-23,000)", or nothing for a point run once. */
 const spread = (row: LoadRow) => {
@@ -77,7 +74,7 @@ function targets(r: BenchResults): string[] {
   if (r.backlog) {
     const d = r.backlog;
     const whole = d.failedJobs === 0 && d.applied === d.ops;
-    const lost = whole ? '' : ` (only ${int(d.applied)} of its ops applied, ${int(d.failedJobs)} jobs failed)`;
+    const lost = whole ? '' : ` (only ${int(d.applied)} of its ops applied; failed jobs: ${int(d.failedJobs)})`;
     lines.push(`- Backlog of ${int(d.ops)} ops drained at ${int(d.opsPerSec)} ops/s${lost} (target >= 20,000): ${verdict(whole && d.opsPerSec >= 20_000)}; consumer peak RSS ${mb(d.peakRssMb)} (target < 200 MB): ${verdict((d.peakRssMb ?? Infinity) < 200)}`);
   }
   if (r.growth) {

@@ -102,7 +102,7 @@ describe('bench report', () => {
 
     // An empty queue with ops missing from the database is not a drain.
     const short = results([row({})], { applied: 999, failedJobs: 1 });
-    assert.match(line(short, '- Backlog of 1,000 ops'), /\(only 999 of its ops applied, 1 jobs failed\) \(target >= 20,000\): NOT met;/);
+    assert.match(line(short, '- Backlog of 1,000 ops'), /\(only 999 of its ops applied; failed jobs: 1\) \(target >= 20,000\): NOT met;/);
   });
 
   it('writes the table and the chart when given a folder', () => {
