@@ -24,6 +24,11 @@ export interface ProducerTask {
    * moments: this disk's fsync latency drifts too much for runs made a minute apart to compare.
    */
   alternate?: Pick<ProducerTask, 'system' | 'queue'>;
+  /**
+   * Users `g0` to `g{existing-1}` are already in the database: gets and updates pick one of them
+   * at random, as on a large table in use, instead of a user the caller created moments before.
+   */
+  existing?: number;
 }
 
 /** What a producer reports back. */
@@ -106,7 +111,7 @@ async function run(task: ProducerTask): Promise<ProducerReport> {
   const systems = [await open(task), ...(task.alternate ? [await open({ ...task, ...task.alternate })] : [])];
   // Seed each caller with a user so gets and updates always have a target. The baseline's
   // waitUntilFinished can miss a finish (see baselineCaller): counted as an error, not a crash.
-  for (const s of systems) {
+  for (const s of task.existing ? [] : systems) {
     await Promise.all(
       s.created.map(async (mine, c) => {
         const nickname = `seed-${task.id}-${c}`;
@@ -126,7 +131,7 @@ async function run(task: ProducerTask): Promise<ProducerReport> {
       op = 'user.create';
       args = { nickname, fullName: 'Bench User', email: `${nickname}@example.com` };
     } else {
-      const nickname = mine[Math.floor(Math.random() * mine.length)] as string;
+      const nickname = task.existing ? `g${Math.floor(Math.random() * task.existing)}` : (mine[Math.floor(Math.random() * mine.length)] as string);
       op = roll < task.mix.create + task.mix.get ? 'user.get' : 'user.update';
       args = { nickname, fullName: `Renamed ${seq++}` };
     }

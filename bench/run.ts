@@ -4,7 +4,7 @@
  * nothing. See docs/benchmarks.md for the latest run.
  */
 import { type ChildProcess, fork, spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { cpus, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -22,7 +22,7 @@ import { startPrivateRedis } from '../src/consumer/private-redis.js';
 import { Store } from '../src/consumer/store.js';
 import { freePort } from '../test/helpers/redis-server.js';
 import type { ProducerMessage, ProducerReport, ProducerTask } from './producer.js';
-import { type BenchResults, type LoadRow, writeReport } from './report.js';
+import { type BenchResults, type GrowthEndToEnd, type LoadRow, writeReport } from './report.js';
 
 /** How long a consumer may take to say it is ready. */
 const READY_TIMEOUT_MS = 60_000;
@@ -185,11 +185,19 @@ async function freshRedis(url: string): Promise<void> {
 
 type System = 'userops' | 'baseline';
 
+/** A database filled before the consumer starts on it, and the mix run against its users. */
+interface Population {
+  users: number;
+  /** A closed, checkpointed database file holding the users, copied for the run. */
+  template: string;
+  mix: Mix;
+}
+
 /**
  * One load run: P producer processes x C callers against `systems[0]`, or, given two systems, one
  * producer calling each in turn (the idle comparison), so both see the disk at the same moments.
  */
-async function runLoad(systems: readonly [System] | readonly [System, System], redisUrl: string, producers: number, concurrency: number, durationMs: number): Promise<LoadRow[]> {
+async function runLoad(systems: readonly [System] | readonly [System, System], redisUrl: string, producers: number, concurrency: number, durationMs: number, population?: Population): Promise<LoadRow[]> {
   await freshRedis(redisUrl);
   const queues = systems.map(() => `bench${++queueSeq}`);
   const consumers: Awaited<ReturnType<typeof startConsumer>>[] = [];
@@ -202,12 +210,20 @@ async function runLoad(systems: readonly [System] | readonly [System, System], r
   let reports: ProducerReport[];
   const peakRssMb: (number | undefined)[] = [];
   try {
-    for (const [i, system] of systems.entries()) consumers.push(await startConsumer(system, redisUrl, queues[i] as string, join(work, `${queues[i]}.db`)));
+    for (const [i, system] of systems.entries()) {
+      const dbPath = join(work, `${queues[i]}.db`);
+      if (population) copyFileSync(population.template, dbPath);
+      consumers.push(await startConsumer(system, redisUrl, queues[i] as string, dbPath));
+    }
     const [first, second] = systems;
     reports = await Promise.all(
       Array.from({ length: producers }, (_, id) => {
         const child = fork(join(ROOT, 'bench/producer.ts'), { execArgv: TSX, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
-        const task: ProducerTask = { system: first, redisUrl, queue: queues[0] as string, id, concurrency, durationMs, mix: opts.mix, ...(second ? { alternate: { system: second, queue: queues[1] as string } } : {}) };
+        const task: ProducerTask = {
+          system: first, redisUrl, queue: queues[0] as string, id, concurrency, durationMs, mix: population?.mix ?? opts.mix,
+          ...(second ? { alternate: { system: second, queue: queues[1] as string } } : {}),
+          ...(population ? { existing: population.users } : {}),
+        };
         child.send(task);
         return new Promise<ProducerReport>((resolve, reject) => {
           child.on('message', (m: ProducerMessage) => {
@@ -364,11 +380,7 @@ async function backlog(redisUrl: string, total: number) {
 function growth(size: number) {
   const open = (name: string, users: number) => {
     const store = new Store(join(work, name));
-    const insert = store.db.prepare('INSERT INTO users (nickname, full_name, email, created_at, updated_at) VALUES (?, ?, ?, ?, ?)');
-    store.db.transaction(() => {
-      for (let i = 0; i < users; i++) insert.run(`g${i}`, 'Growth User', `g${i}@example.com`, i, i);
-    })();
-    store.db.pragma('wal_checkpoint(TRUNCATE)');
+    fillUsers(store, users);
     return { store, users };
   };
   const small = open('growth-small.db', 1000);
@@ -410,10 +422,53 @@ function growth(size: number) {
   return { ...perOp, size };
 }
 
+/** Adds users `g0` to `g{users-1}`, then checkpoints, so the database file alone holds them. */
+function fillUsers(store: Store, users: number): void {
+  const insert = store.db.prepare('INSERT INTO users (nickname, full_name, email, created_at, updated_at) VALUES (?, ?, ?, ?, ?)');
+  store.db.transaction(() => {
+    for (let i = 0; i < users; i++) insert.run(`g${i}`, 'Growth User', `g${i}@example.com`, i, i);
+  })();
+  store.db.pragma('wal_checkpoint(TRUNCATE)');
+}
+
+/** A closed database file holding `users` users, made once and copied for each run that needs it. */
+function populated(users: number): string {
+  const path = join(work, `populated-${users}.db`);
+  if (!existsSync(path)) {
+    const store = new Store(path);
+    fillUsers(store, users);
+    store.close();
+  }
+  return path;
+}
+
+/**
+ * Cost per op as the table grows, end to end: P x C callers getting (then updating) random users
+ * of a database that holds 1,000 users, or `size`. Each repeat runs both sizes, in turns swapped
+ * from one repeat to the next, so the machine's drift falls on both alike.
+ */
+async function growthEndToEnd(redisUrl: string, size: number, step: (name: string) => void): Promise<GrowthEndToEnd> {
+  const concurrency = Math.max(...sweep);
+  const median = async (kind: 'get' | 'update') => {
+    const mix = { create: 0, get: kind === 'get' ? 100 : 0, update: kind === 'update' ? 100 : 0 };
+    const runs = { small: [] as LoadRow[], large: [] as LoadRow[] };
+    for (let k = 1; k <= opts.repeat; k++) {
+      for (const which of k % 2 === 1 ? (['small', 'large'] as const) : (['large', 'small'] as const)) {
+        const users = which === 'small' ? 1000 : size;
+        step(`${kind} at ${users} users, ${opts.producers} producers x ${concurrency} calls${opts.repeat > 1 ? `, run ${k} of ${opts.repeat}` : ''}`);
+        runs[which].push(...(await runLoad(['userops'], redisUrl, opts.producers, concurrency, opts.duration * 1000, { users, template: populated(users), mix })));
+      }
+    }
+    return { small: medianRun(runs.small), large: medianRun(runs.large) };
+  };
+  return { producers: opts.producers, concurrency, get: await median('get'), update: await median('update') };
+}
+
 async function main(): Promise<void> {
   const redis = await startPrivateRedis('redis-server', join(work, 'redis'), await freePort(), pino({ level: 'silent' }));
   const systems = opts.baseline ? (['userops', 'baseline'] as const) : (['userops'] as const);
-  const loadRuns = systems.length * sweep.length * opts.repeat + 1;
+  const growthRuns = opts.growth > 0 ? 2 * 2 * opts.repeat : 0;
+  const loadRuns = systems.length * sweep.length * opts.repeat + 1 + growthRuns;
   const bar = opts.json || !process.stderr.isTTY ? undefined : new SingleBar({ format: 'bench [{bar}] {value}/{total} runs | {step}', hideCursor: true });
   bar?.start(loadRuns + 3, 0, { step: 'starting' });
   const step = (name: string) => {
@@ -441,7 +496,7 @@ async function main(): Promise<void> {
     step(`backlog of ${opts.backlog} ops`);
     const drained = opts.backlog > 0 ? await backlog(redis.url, opts.backlog) : undefined;
     step(`cost per op at ${opts.growth} users`);
-    const grown = opts.growth > 0 ? growth(opts.growth) : undefined;
+    const grown = opts.growth > 0 ? { ...growth(opts.growth), endToEnd: await growthEndToEnd(redis.url, opts.growth, step) } : undefined;
     step('ceiling: raw better-sqlite3 inserts');
     const ceilingRate = ceiling();
     bar?.stop();

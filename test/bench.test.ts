@@ -52,6 +52,19 @@ describe('npm run bench', () => {
     assert.ok(r.growth, 'no growth check');
     assert.equal(r.growth.size, 3000);
     for (const size of ['small', 'large'] as const) for (const op of ['get', 'update'] as const) assert.ok(r.growth[size][op] > 0, `no cost for ${op} at ${size}`);
+    const e = r.growth.endToEnd;
+    assert.ok(e, 'no end-to-end growth check');
+    assert.deepEqual([e.producers, e.concurrency], [2, 4]);
+    for (const op of ['get', 'update'] as const) {
+      for (const size of ['small', 'large'] as const) {
+        const row: LoadRow = e[op][size];
+        const name = `${op} at ${size} end to end`;
+        // Every get and update names a user the database was filled with: a failure is a finding.
+        assert.ok(row.ops > 0, `${name}: no calls`);
+        assert.equal(row.errors, 0, `${name}: calls failed`);
+        assert.equal(row.runs?.length, 2, `${name}: not run twice`);
+      }
+    }
     assert.ok(r.ceilingOpsPerSec > 0);
 
     assert.equal(readFileSync(join(ROOT, 'docs/benchmarks.md'), 'utf8'), docs, '--no-write changed docs/benchmarks.md');
@@ -99,6 +112,18 @@ describe('bench report', () => {
     // Repeated, a point is its median run, and says how far the others were from it.
     const repeated = results([row({ opsPerSec: 26_000, runs: [26_000, 30_000, 24_000] }), baseline]);
     assert.match(line(repeated, '- Throughput at 4 x 64'), /26,000 ops\/s \(median of 3 runs: 24,000-30,000\) \(target >= 25,000\): met$/);
+
+    // Growth is met only when the apply path and the end-to-end runs both stay within 1.2x.
+    const growth = (endToEnd: Partial<LoadRow>): BenchResults => ({
+      ...results([row({}), baseline]),
+      growth: {
+        size: 1_000_000, small: { get: 10, update: 10 }, large: { get: 11, update: 12 },
+        endToEnd: { producers: 4, concurrency: 64, get: { small: row({}), large: row({ opsPerSec: 27_000 }) }, update: { small: row({}), large: row(endToEnd) } },
+      },
+    });
+    assert.match(line(growth({ opsPerSec: 26_000 }), '- Cost per op'), /apply path: get 1\.10x, update 1\.20x; end to end at 4 x 64: get 1\.11x, update 1\.15x \(target <= 1\.2x\): met$/);
+    assert.match(line(growth({ opsPerSec: 20_000 }), '- Cost per op'), /update 1\.50x \(target <= 1\.2x\): NOT met$/);
+    assert.match(line(growth({ opsPerSec: 26_000, errors: 3 }), '- Cost per op'), /update 1\.15x \(3 calls failed\) \(target <= 1\.2x\): NOT met$/);
 
     // An empty queue with ops missing from the database is not a drain.
     const short = results([row({})], { applied: 999, failedJobs: 1 });
