@@ -11,6 +11,7 @@ import { type Logger, pino } from 'pino';
 
 import { coerceError, ConfigError, type JobResults, RedisUnavailableError } from '../protocol/index.js';
 import { queueOptions, RedisConnections, redactUrl, settleWithin, userOpsKey, withDeadline } from '../redis.js';
+import { BackgroundCheckpointer } from './checkpointer.js';
 import { type ConsumerOptions, type ResolvedConsumerOptions, resolveConsumerOptions } from './options.js';
 import { backoffMs, GroupCommitter } from './group-commit.js';
 import { checkReadiness, type ConsumerState, type Readiness } from './health.js';
@@ -40,6 +41,7 @@ export class UserOpsConsumer {
   private readonly log: Logger;
   private state: ConsumerState = 'new';
   private store?: Store;
+  private checkpointer?: BackgroundCheckpointer;
   private redis?: RedisConnections;
   private connection?: Redis;
   private worker?: Worker<unknown, JobResults>;
@@ -124,6 +126,7 @@ export class UserOpsConsumer {
     if (o.http) await this.startHttp(o.http, this.queue);
     this.store = await this.openStore();
     if (!this.store) return; // closed while waiting for the database
+    this.checkpointer = new BackgroundCheckpointer(o.dbPath, this.log);
     // No processor: jobs are taken by `loop()` below, a group at a time.
     const worker = new Worker<unknown, JobResults>(o.queue, null, {
       connection: this.connection,
@@ -308,6 +311,8 @@ export class UserOpsConsumer {
       // Last but one: until here probes hear "closing" rather than nothing.
       ['http', () => this.http?.close()],
       ['queue', () => settleWithin(this.queue?.close(), 1000)],
+      // Before the writer's connection: closing last, it checkpoints the WAL and removes it.
+      ['checkpointer', () => this.checkpointer?.close()],
       ['sqlite', () => this.store?.close()],
       ['redis', () => this.redis?.close()],
     ] as const) {

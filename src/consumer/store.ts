@@ -60,7 +60,9 @@ export class Store {
       // Checkpoint every ~40 MB of WAL instead of ~4 MB: random updates on a large table dirty a
       // page each, and every checkpoint copies those pages into the database file and fsyncs it.
       // Fewer, larger checkpoints cost less per op (docs/benchmarks.md); a larger interval would
-      // let the WAL outgrow a small table and slow recovery after a crash.
+      // let the WAL outgrow a small table and slow recovery after a crash. In the daemon, a
+      // background thread does most of the copying between commits (checkpointer.ts); this is
+      // its backstop, and what lets the WAL start again from its beginning.
       this.db.pragma('wal_autocheckpoint = 10000');
       migrate(this.db);
     } catch (err) {
