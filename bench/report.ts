@@ -54,6 +54,12 @@ const ms = (n: number) => n.toFixed(2);
 const mb = (n: number | undefined) => (n === undefined ? 'n/a' : `${n.toFixed(0)} MB`);
 const verdict = (ok: boolean) => (ok ? 'met' : 'NOT met');
 const x = (ratio: number) => `${ratio.toFixed(2)}x`;
+const us = (n: number | undefined) => (n === undefined ? 'n/a' : n.toFixed(0));
+
+/** CPU microseconds per op of all the processes together, when each part was measured. */
+function cpuTotal({ cpuUsPerOp: { producers, consumer, redis } }: LoadRow): number | undefined {
+  return producers !== undefined && consumer !== undefined && redis !== undefined ? producers + consumer + redis : undefined;
+}
 
 /**
  * A rate counts every call that ended, failed ones too: a run whose calls failed has measured
@@ -125,14 +131,13 @@ function table(r: BenchResults): string[] {
 
 /** Where the CPU goes, per op, in each load run. */
 function cpuTable(r: BenchResults): string[] {
-  const us = (n: number | undefined) => (n === undefined ? 'n/a' : n.toFixed(0));
   const lines = [
     '| system | producers x calls | producers | consumer | Redis | total | ops/s if every core were busy |',
     '| --- | --- | ---: | ---: | ---: | ---: | ---: |',
   ];
   for (const row of r.load) {
     const { producers, consumer, redis } = row.cpuUsPerOp;
-    const total = producers !== undefined && consumer !== undefined && redis !== undefined ? producers + consumer + redis : undefined;
+    const total = cpuTotal(row);
     const bound = total === undefined ? 'n/a' : int((r.machine.cpus * 1e6) / total);
     lines.push(`| ${row.system}${row.label ? ` (${row.label})` : ''} | ${row.producers} x ${row.concurrency} | ${us(producers)} | ${us(consumer)} | ${us(redis)} | ${us(total)} | ${bound} |`);
   }
@@ -141,7 +146,6 @@ function cpuTable(r: BenchResults): string[] {
 
 /** The growth check end to end: what callers see on a large table in random use. */
 function endToEndTable(e: GrowthEndToEnd, size: number): string[] {
-  const us = (n: number | undefined) => (n === undefined ? 'n/a' : n.toFixed(0));
   const lines = [
     `End to end: ${e.producers} producers x ${e.concurrency} calls, gets only, then updates only, each of a random user of a database`,
     `already holding 1,000 users or ${int(size)} (a copy of one filled beforehand). Each row is the median of its runs; the two sizes ran in turns.`,
@@ -154,7 +158,8 @@ function endToEndTable(e: GrowthEndToEnd, size: number): string[] {
   for (const op of ['get', 'update'] as const) {
     for (const [users, row] of [[1000, e[op].small], [size, e[op].large]] as const) {
       const { producers, consumer, redis } = row.cpuUsPerOp;
-      const cpu = producers !== undefined && consumer !== undefined && redis !== undefined ? `${us(producers + consumer + redis)} (${us(producers)} + ${us(consumer)} + ${us(redis)})` : 'n/a';
+      const total = cpuTotal(row);
+      const cpu = total === undefined ? 'n/a' : `${us(total)} (${us(producers)} + ${us(consumer)} + ${us(redis)})`;
       lines.push(`| ${op} | ${int(users)} | ${int(row.opsPerSec)} | ${(row.runs ?? []).map(int).join(', ')} | ${ms(row.p50)} | ${ms(row.p99)} | ${cpu} | ${row.errors} |`);
     }
   }
