@@ -43,9 +43,6 @@ describe('BackgroundCheckpointer', () => {
       // ~180 pages: the writer alone would leave them in the WAL until it held 10,000.
       addUsers(store, 0, 10_000);
       await until('the database file holds the new pages', () => size() > empty + 150 * 4096);
-      // Every page is in the file now: a checkpoint by another connection finds nothing left to copy.
-      const [state] = store.db.pragma('wal_checkpoint(PASSIVE)') as { busy: number; log: number; checkpointed: number }[];
-      assert.equal(state?.log, state?.checkpointed);
 
       await checkpointer.close();
       await checkpointer.close(); // twice is fine
