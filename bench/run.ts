@@ -379,9 +379,8 @@ async function backlog(redisUrl: string, total: number) {
  */
 function growth(size: number) {
   const open = (name: string, users: number) => {
-    const store = new Store(join(work, name));
-    fillUsers(store, users);
-    return { store, users };
+    copyFileSync(populated(users), join(work, name));
+    return { store: new Store(join(work, name)), users };
   };
   const small = open('growth-small.db', 1000);
   const large = open('growth-large.db', size);
@@ -422,21 +421,19 @@ function growth(size: number) {
   return { ...perOp, size };
 }
 
-/** Adds users `g0` to `g{users-1}`, then checkpoints, so the database file alone holds them. */
-function fillUsers(store: Store, users: number): void {
-  const insert = store.db.prepare('INSERT INTO users (nickname, full_name, email, created_at, updated_at) VALUES (?, ?, ?, ?, ?)');
-  store.db.transaction(() => {
-    for (let i = 0; i < users; i++) insert.run(`g${i}`, 'Growth User', `g${i}@example.com`, i, i);
-  })();
-  store.db.pragma('wal_checkpoint(TRUNCATE)');
-}
-
-/** A closed database file holding `users` users, made once and copied for each run that needs it. */
+/**
+ * A closed database file holding users `g0` to `g{users-1}`, checkpointed so the file alone holds
+ * them: made once, and copied for each growth check that needs that many.
+ */
 function populated(users: number): string {
   const path = join(work, `populated-${users}.db`);
   if (!existsSync(path)) {
     const store = new Store(path);
-    fillUsers(store, users);
+    const insert = store.db.prepare('INSERT INTO users (nickname, full_name, email, created_at, updated_at) VALUES (?, ?, ?, ?, ?)');
+    store.db.transaction(() => {
+      for (let i = 0; i < users; i++) insert.run(`g${i}`, 'Growth User', `g${i}@example.com`, i, i);
+    })();
+    store.db.pragma('wal_checkpoint(TRUNCATE)');
     store.close();
   }
   return path;
