@@ -3,18 +3,9 @@ import { statSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, it } from 'node:test';
 
-import { pino } from 'pino';
-
 import { BackgroundCheckpointer } from '../src/consumer/checkpointer.js';
 import { Store } from '../src/consumer/store.js';
-import { tempDb } from './helpers/fixtures.js';
-
-/** A logger whose lines the test can read. */
-function captured() {
-  const lines: Record<string, unknown>[] = [];
-  const log = pino({ level: 'debug' }, { write: (line: string) => lines.push(JSON.parse(line) as Record<string, unknown>) });
-  return { log, lines };
-}
+import { capturedLog, tempDb, until } from './helpers/fixtures.js';
 
 /** Commits `n` users in one transaction: well under the writer's own checkpoint threshold. */
 function addUsers(store: Store, from: number, n: number): void {
@@ -23,19 +14,11 @@ function addUsers(store: Store, from: number, n: number): void {
   })();
 }
 
-async function until(what: string, ok: () => boolean, ms = 10_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!ok()) {
-    if (Date.now() > deadline) assert.fail(`not within ${ms} ms: ${what}`);
-    await sleep(20);
-  }
-}
-
 describe('BackgroundCheckpointer', () => {
   it('copies committed pages into the database file between commits, and stops when closed', async () => {
     const db = tempDb();
     const store = new Store(db.dbPath);
-    const { log, lines } = captured();
+    const { log, lines } = capturedLog();
     const checkpointer = new BackgroundCheckpointer(db.dbPath, log, 20);
     try {
       const size = () => statSync(db.dbPath).size;
@@ -61,7 +44,7 @@ describe('BackgroundCheckpointer', () => {
 
   it('says so and leaves the process running when it cannot open the database', async () => {
     const db = tempDb();
-    const { log, lines } = captured();
+    const { log, lines } = capturedLog();
     const checkpointer = new BackgroundCheckpointer(`${db.dir}/missing/userops.db`, log, 20);
     try {
       await until('a warning', () => lines.some((l) => l.level === 40));

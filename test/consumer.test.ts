@@ -6,7 +6,9 @@ import { type Job, QueueEvents } from 'bullmq';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
 
+import { applyJobs, payloadHash } from '../src/consumer/apply.js';
 import { UserOpsConsumer } from '../src/consumer/index.js';
+import { Store } from '../src/consumer/store.js';
 import { RedisUnavailableError } from '../src/index.js';
 import type { Teardown } from './helpers/fixtures.js';
 import { newClient, plainQueue, redisSuite, startConsumer, tempDb, until } from './helpers/fixtures.js';
@@ -153,6 +155,20 @@ describe('consumer', () => {
     assert.deepEqual(second.value, first.value, 'the recorded results, not "exists"');
     assert.equal(consumer.database?.countUsers(), 1);
     assert.equal(consumer.database?.ledgerSize(), 1);
+  });
+
+  it('prunes ledger rows older than the retention on schedule, keeping newer ones', async () => {
+    const db = t.add(tempDb(), (d) => d.cleanup());
+    // 5,000 jobs applied two hours ago: more than one chunk.
+    const store = new Store(db.dbPath);
+    const jobs = Array.from({ length: 5000 }, (_, i) => ({ id: `old-${i}`, ops: [create(`old${i}`)] }));
+    applyJobs(store, jobs, Date.now() - 2 * 3_600_000);
+    store.close();
+    const consumer = await startConsumer(t, { redisUrl: redis.url, queue, dbPath: db.dbPath, ledgerRetentionMs: 3_600_000, ledgerPruneIntervalMs: 1000 });
+    assert.equal((await foreignProducer().run({ v: 1, ops: [create('new')] }, 'new-job')).state, 'completed');
+    await until('the old ledger rows are pruned', () => consumer.database?.ledgerSize() === 1);
+    assert.equal(consumer.database?.ledgerGet('new-job', payloadHash([create('new')])) !== undefined, true);
+    assert.equal(consumer.database?.countUsers(), 5001, 'users untouched');
   });
 
   it('commits waiting jobs as one group, in queue order, failing only the malformed one', async () => {

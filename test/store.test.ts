@@ -158,7 +158,7 @@ describe('applyJob', () => {
   it('prunes old ledger rows only', () => {
     applyJob(store, 'old', { v: 1, ops: [create('o')] }, 1000, 1_000);
     applyJob(store, 'new', { v: 1, ops: [create('n')] }, 1000, 5_000);
-    assert.equal(store.pruneLedger(2_000), 1);
+    assert.equal(store.pruneLedger(2_000, 10), 1);
     assert.equal(store.ledgerGet('old', payloadHash([create('o')])), undefined);
     assert.ok(store.ledgerGet('new', payloadHash([create('n')])));
   });

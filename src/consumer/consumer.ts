@@ -16,6 +16,7 @@ import { type ConsumerOptions, type ResolvedConsumerOptions, resolveConsumerOpti
 import { backoffMs, GroupCommitter } from './group-commit.js';
 import { checkReadiness, type ConsumerState, type Readiness } from './health.js';
 import { DASHBOARD_PATH, HttpServer } from './http-server.js';
+import { LedgerPruner } from './ledger-pruner.js';
 import { ConsumerMetrics } from './metrics.js';
 import { ReplySender } from './replies.js';
 import { isTransientSqliteError, sqliteCode } from './sqlite-errors.js';
@@ -59,7 +60,7 @@ export class UserOpsConsumer {
   private inHand?: Promise<void>;
   private lease?: WriterLease;
   private committer?: GroupCommitter;
-  private pruneTimer?: NodeJS.Timeout;
+  private pruner?: LedgerPruner;
   private starting?: Promise<void>;
   private closing?: Promise<void>;
   /** Aborts in-place retry sleeps when the consumer closes. */
@@ -159,10 +160,8 @@ export class UserOpsConsumer {
     this.committer = new GroupCommitter(this.store, this.token, o, this.log, this.stopping.signal, () => this.lease?.held() ?? false, this.metrics, replies);
     void worker.startStalledCheckTimer().catch((err: unknown) => this.log.error({ err }, 'stalled-job checker stopped'));
     this.loopDone = this.loop(worker);
-    this.pruneTimer = setInterval(() => this.pruneLedger(), o.ledgerPruneIntervalMs);
-    // Not at start: a job left active by a crash is re-delivered in the first seconds, and its
-    // ledger row must still be there however long the consumer was down.
-    this.pruneTimer.unref();
+    this.pruner = new LedgerPruner(this.store, o.ledgerRetentionMs, o.ledgerPruneIntervalMs, this.log, () => this.lease?.held() ?? false);
+    this.pruner.start();
     this.state = 'running';
     this.log.info('consumer ready');
   }
@@ -267,16 +266,6 @@ export class UserOpsConsumer {
     }
   }
 
-  private pruneLedger(): void {
-    if (!this.store?.db.open) return;
-    try {
-      const removed = this.store.pruneLedger(Date.now() - this.options.ledgerRetentionMs);
-      if (removed > 0) this.log.info({ removed }, 'pruned old ledger rows');
-    } catch (err) {
-      this.log.warn({ err }, 'ledger prune failed; will try again');
-    }
-  }
-
   /**
    * Finishes the job in hand, stops the worker, closes SQLite and Redis. Safe to call twice and
    * while `start()` is still running; every step runs even if an earlier one throws.
@@ -289,7 +278,8 @@ export class UserOpsConsumer {
   private async doClose(): Promise<void> {
     this.state = 'closing';
     this.stopping.abort();
-    clearInterval(this.pruneTimer);
+    // No new prune from here on; one in progress stops after its chunk.
+    const pruned = this.pruner?.close();
     // With Redis up, let the group in hand commit and be acknowledged (reconnecting through a
     // blip if need be). With Redis down it cannot be acknowledged: stop at once; a committed job
     // has its ledger row, so its re-delivery after restart is answered without applying twice.
@@ -313,6 +303,7 @@ export class UserOpsConsumer {
       ['queue', () => settleWithin(this.queue?.close(), 1000)],
       // Before the writer's connection: closing last, it checkpoints the WAL and removes it.
       ['checkpointer', () => this.checkpointer?.close()],
+      ['ledger pruner', () => pruned],
       ['sqlite', () => this.store?.close()],
       ['redis', () => this.redis?.close()],
     ] as const) {

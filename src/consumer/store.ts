@@ -92,7 +92,10 @@ export class Store {
       ledgerPut: this.db.prepare<[string, string, string, number]>(
         'INSERT OR REPLACE INTO ledger (job_id, payload_hash, results, applied_at) VALUES (?, ?, ?, ?)',
       ),
-      ledgerPrune: this.db.prepare<[number]>('DELETE FROM ledger WHERE applied_at < ?'),
+      // Oldest first through the applied_at index, a bounded number per call (ledger-pruner.ts).
+      ledgerPrune: this.db.prepare<[number, number]>(
+        'DELETE FROM ledger WHERE rowid IN (SELECT rowid FROM ledger WHERE applied_at < ? ORDER BY applied_at LIMIT ?)',
+      ),
       ledgerCount: this.db.prepare<[], { n: number }>('SELECT count(*) AS n FROM ledger'),
       savepoint: this.db.prepare('SAVEPOINT op'),
       release: this.db.prepare('RELEASE op'),
@@ -187,9 +190,9 @@ export class Store {
     this.stmt.ledgerPut.run(jobId, payloadHash, resultsJson, now);
   }
 
-  /** Deletes ledger rows applied before `before` (epoch ms); returns how many. */
-  pruneLedger(before: number): number {
-    return this.stmt.ledgerPrune.run(before).changes;
+  /** Deletes up to `limit` of the oldest ledger rows applied before `before` (epoch ms); returns how many. */
+  pruneLedger(before: number, limit: number): number {
+    return this.stmt.ledgerPrune.run(before, limit).changes;
   }
 
   /** Number of ledger rows. */

@@ -11,6 +11,7 @@ import { after, afterEach, before, beforeEach } from 'node:test';
 
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
+import { type Logger, pino } from 'pino';
 
 import { UserOpsConsumer } from '../../src/consumer/consumer.js';
 import type { ConsumerOptions } from '../../src/consumer/options.js';
@@ -109,4 +110,11 @@ export async function until(what: string, check: () => boolean | Promise<boolean
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 25));
   }
+}
+
+/** A debug-level logger whose lines, parsed, the test can read. */
+export function capturedLog(): { log: Logger; lines: Record<string, unknown>[] } {
+  const lines: Record<string, unknown>[] = [];
+  const log = pino({ level: 'debug' }, { write: (line: string) => lines.push(JSON.parse(line) as Record<string, unknown>) });
+  return { log, lines };
 }

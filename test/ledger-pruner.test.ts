@@ -1,0 +1,93 @@
+import assert from 'node:assert/strict';
+import { afterEach, beforeEach, describe, it } from 'node:test';
+
+import Database from 'better-sqlite3';
+
+import { applyJobs } from '../src/consumer/apply.js';
+import { LedgerPruner } from '../src/consumer/ledger-pruner.js';
+import { Store } from '../src/consumer/store.js';
+import { capturedLog, tempDb, user } from './helpers/fixtures.js';
+
+const HOUR = 3_600_000;
+
+/** Records `n` one-op jobs applied at `at`, ids `${prefix}0...`, in one transaction. */
+function addJobs(store: Store, prefix: string, n: number, at: number): void {
+  const jobs = Array.from({ length: n }, (_, i) => ({ id: `${prefix}${i}`, ops: [{ op: 'user.create', args: user(`${prefix}${i}`) }] }));
+  applyJobs(store, jobs, at);
+}
+
+describe('LedgerPruner', () => {
+  let db: ReturnType<typeof tempDb>;
+  let store: Store;
+  beforeEach(() => {
+    db = tempDb();
+    store = new Store(db.dbPath, 50);
+    addJobs(store, 'older', 300, Date.now() - 5 * HOUR);
+    addJobs(store, 'old', 700, Date.now() - 3 * HOUR);
+    addJobs(store, 'new', 10, Date.now());
+  });
+  afterEach(() => {
+    store.close();
+    db.cleanup();
+  });
+
+  it('deletes rows older than the retention, oldest first, a bounded chunk per call', () => {
+    const has = (jobId: string) => store.ledgerGet(jobId, '') !== undefined;
+    assert.equal(store.pruneLedger(Date.now() - HOUR, 300), 300);
+    assert.equal(store.ledgerSize(), 710);
+    assert.ok(!has('older0') && !has('older299') && has('old0') && has('old699'), 'the oldest went first');
+    assert.equal(store.pruneLedger(Date.now() - HOUR, 10_000), 700);
+    assert.ok(!has('old699') && has('new0'));
+    assert.equal(store.ledgerSize(), 10);
+    assert.equal(store.countUsers(), 1010, 'users untouched');
+  });
+
+  it('lets the event loop run between chunks, and removes every old row', async () => {
+    const { log, lines } = capturedLog();
+    const pruner = new LedgerPruner(store, HOUR, HOUR, log, () => true, 100);
+    const seen: number[] = [];
+    // Runs at the first turn of the event loop after the prune begins: with a single DELETE,
+    // the prune would be over by then.
+    setImmediate(() => seen.push(store.ledgerSize()));
+    const removed = await pruner.prune();
+    assert.equal(removed, 1000);
+    assert.equal(store.ledgerSize(), 10);
+    assert.equal(seen.length, 1);
+    assert.ok((seen[0] as number) < 1010 && (seen[0] as number) > 10, `ledger held ${seen[0]} rows mid-prune`);
+    assert.ok(lines.some((l) => l.msg === 'pruned old ledger rows' && l.removed === 1000));
+    await pruner.close();
+  });
+
+  it('stops after the chunk in progress when closed, and prunes nothing after', async () => {
+    const pruner = new LedgerPruner(store, HOUR, HOUR, capturedLog().log, () => true, 100);
+    const running = pruner.prune();
+    await pruner.close();
+    await pruner.close(); // twice is fine
+    const removed = await running;
+    assert.ok(removed > 0 && removed < 1000, `removed ${removed}`);
+    assert.equal(store.ledgerSize(), 1010 - removed);
+    assert.equal(await pruner.prune(), 0);
+  });
+
+  it('prunes nothing while this consumer is not the writer', async () => {
+    const pruner = new LedgerPruner(store, HOUR, HOUR, capturedLog().log, () => false, 100);
+    assert.equal(await pruner.prune(), 0);
+    assert.equal(store.ledgerSize(), 1010);
+  });
+
+  it('logs a failure and carries on instead of rejecting', async () => {
+    const { log, lines } = capturedLog();
+    const pruner = new LedgerPruner(store, HOUR, HOUR, log, () => true, 100);
+    const other = new Database(db.dbPath);
+    other.exec('BEGIN IMMEDIATE');
+    try {
+      assert.equal(await pruner.prune(), 0);
+      const warning = lines.find((l) => l.msg === 'ledger prune failed; will try again');
+      assert.equal((warning?.err as { code?: string } | undefined)?.code, 'SQLITE_BUSY');
+    } finally {
+      other.exec('ROLLBACK');
+      other.close();
+    }
+    assert.equal(await pruner.prune(), 1000, 'the next run prunes');
+  });
+});
