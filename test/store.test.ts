@@ -60,7 +60,7 @@ describe('Store', () => {
   it('upgrades a schema 1 database, keeping its ledger rows replayable', () => {
     store.close();
     const v1 = new Database(db.dbPath);
-    v1.exec(`DROP TABLE users; DROP TABLE ledger; DROP TABLE meta;
+    v1.exec(`DROP TABLE users; DROP TABLE ledger; DROP TABLE meta; DROP TABLE ledger_count;
       CREATE TABLE users (id INTEGER PRIMARY KEY, nickname TEXT NOT NULL UNIQUE, full_name TEXT NOT NULL,
         email TEXT NOT NULL, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL) STRICT;
       CREATE TABLE ledger (job_id TEXT PRIMARY KEY, results TEXT NOT NULL, applied_at INTEGER NOT NULL) STRICT;
@@ -74,6 +74,7 @@ describe('Store', () => {
     assert.equal(replay.replayed, true);
     assert.deepEqual(replay.results, [{ ok: true, value: 42 }]);
     assert.match(store.dbId, /^[0-9a-f]{32}$/, 'migration 3 gave the database an identity');
+    assert.equal(store.ledgerSize(), 1, 'migration 4 counted the rows already there');
   });
 
   it('keeps data and schema version across reopen, and refuses a newer schema', () => {
@@ -153,6 +154,30 @@ describe('applyJob', () => {
     assert.equal(store.countUsers(), 0);
     assert.equal(applyJob(store, 'busy', { v: 1, ops: [create('x')] }, 1000).results[0]?.ok, true);
     assert.equal(store.countUsers(), 1);
+  });
+
+  it('keeps the ledger count exact through new jobs, replays, reused ids, rollbacks and prunes', () => {
+    const counted = () => (store.db.prepare('SELECT count(*) AS n FROM ledger').get() as { n: number }).n;
+    const check = (expected: number, step: string) => {
+      assert.equal(counted(), expected, step);
+      assert.equal(store.ledgerSize(), expected, step);
+    };
+    applyJob(store, 'a', { v: 1, ops: [create('a')] }, 1000, 1_000);
+    applyJob(store, 'b', { v: 1, ops: [create('b')] }, 1000, 2_000);
+    check(2, 'two jobs');
+    applyJob(store, 'a', { v: 1, ops: [create('a')] }, 1000, 3_000);
+    check(2, 'a replay');
+    applyJob(store, 'b', { v: 1, ops: [create('c')] }, 1000, 3_000);
+    check(2, 'a reused id replaces its row');
+    assert.throws(() =>
+      store.db.transaction(() => {
+        store.ledgerPut('rolled-back', 'h', '[]', 4_000);
+        throw new Error('rolled back');
+      })(),
+    );
+    check(2, 'a rolled-back transaction');
+    assert.equal(store.pruneLedger(2_500, 10), 1);
+    check(1, 'a prune');
   });
 
   it('prunes old ledger rows only', () => {

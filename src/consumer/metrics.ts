@@ -118,7 +118,7 @@ export class ConsumerMetrics {
     });
     new Gauge({
       name: 'userops_ledger_rows',
-      help: 'Rows in the ledger of applied jobs (counted at scrape time, about 8 ms per million rows).',
+      help: 'Rows in the ledger of applied jobs, as triggers in the database count them.',
       registers,
       collect() {
         const store = sources.store();

@@ -88,15 +88,18 @@ export class Store {
       ledgerGet: this.db.prepare<[string], { results: string; payload_hash: string }>(
         'SELECT results, payload_hash FROM ledger WHERE job_id = ?',
       ),
-      // REPLACE: a reused id with another payload is another job, and its row supersedes the old.
+      // A reused id with another payload is another job, and its row supersedes the old. An
+      // upsert, not INSERT OR REPLACE: REPLACE's implicit delete fires no delete trigger, and the
+      // ledger's count (migration 4) would drift up by one each time.
       ledgerPut: this.db.prepare<[string, string, string, number]>(
-        'INSERT OR REPLACE INTO ledger (job_id, payload_hash, results, applied_at) VALUES (?, ?, ?, ?)',
+        `INSERT INTO ledger (job_id, payload_hash, results, applied_at) VALUES (?, ?, ?, ?)
+         ON CONFLICT (job_id) DO UPDATE SET payload_hash = excluded.payload_hash, results = excluded.results, applied_at = excluded.applied_at`,
       ),
       // Oldest first through the applied_at index, a bounded number per call (ledger-pruner.ts).
+      ledgerCount: this.db.prepare<[], { n: number }>('SELECT n FROM ledger_count'),
       ledgerPrune: this.db.prepare<[number, number]>(
         'DELETE FROM ledger WHERE rowid IN (SELECT rowid FROM ledger WHERE applied_at < ? ORDER BY applied_at LIMIT ?)',
       ),
-      ledgerCount: this.db.prepare<[], { n: number }>('SELECT count(*) AS n FROM ledger'),
       savepoint: this.db.prepare('SAVEPOINT op'),
       release: this.db.prepare('RELEASE op'),
       rollbackTo: this.db.prepare('ROLLBACK TO op'),
@@ -195,7 +198,7 @@ export class Store {
     return this.stmt.ledgerPrune.run(before, limit).changes;
   }
 
-  /** Number of ledger rows. */
+  /** Number of ledger rows, as its triggers keep count: no scan, however large the ledger. */
   ledgerSize(): number {
     return (this.stmt.ledgerCount.get() as { n: number }).n;
   }
@@ -242,6 +245,12 @@ export interface DatabaseSummary {
 /** Pages copied per backup step: 4 MB at the default page size, a step a progress bar can show. */
 const BACKUP_PAGES_PER_STEP = 1024;
 
+/** Rows in the ledger: kept by triggers from schema 4, counted (~10 ms per million rows) before. */
+function ledgerRows(db: Database.Database): number {
+  const counted = db.prepare("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'ledger_count'").get() !== undefined;
+  return (db.prepare(counted ? 'SELECT n FROM ledger_count' : 'SELECT count(*) AS n FROM ledger').get() as { n: number }).n;
+}
+
 function summarize(db: Database.Database): DatabaseSummary {
   const schemaVersion = db.pragma('user_version', { simple: true }) as number;
   const hasMeta = db.prepare("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'meta'").get() !== undefined;
@@ -250,7 +259,7 @@ function summarize(db: Database.Database): DatabaseSummary {
     schemaVersion,
     ...(dbId === undefined ? {} : { dbId }),
     users: (db.prepare('SELECT count(*) AS n FROM users').get() as { n: number }).n,
-    ledgerRows: (db.prepare('SELECT count(*) AS n FROM ledger').get() as { n: number }).n,
+    ledgerRows: ledgerRows(db),
     pages: db.pragma('page_count', { simple: true }) as number,
     pageSize: db.pragma('page_size', { simple: true }) as number,
   };
