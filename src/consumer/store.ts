@@ -95,8 +95,8 @@ export class Store {
         `INSERT INTO ledger (job_id, payload_hash, results, applied_at) VALUES (?, ?, ?, ?)
          ON CONFLICT (job_id) DO UPDATE SET payload_hash = excluded.payload_hash, results = excluded.results, applied_at = excluded.applied_at`,
       ),
-      // Oldest first through the applied_at index, a bounded number per call (ledger-pruner.ts).
       ledgerCount: this.db.prepare<[], { n: number }>('SELECT n FROM ledger_count'),
+      // Oldest first through the applied_at index, a bounded number per call (ledger-pruner.ts).
       ledgerPrune: this.db.prepare<[number, number]>(
         'DELETE FROM ledger WHERE rowid IN (SELECT rowid FROM ledger WHERE applied_at < ? ORDER BY applied_at LIMIT ?)',
       ),
