@@ -5,7 +5,7 @@ import Database from 'better-sqlite3';
 
 import { applyJob, payloadHash } from '../src/consumer/apply.js';
 import { SCHEMA_VERSION } from '../src/consumer/migrations.js';
-import { Store } from '../src/consumer/store.js';
+import { ReadOnlyStore, Store } from '../src/consumer/store.js';
 import { UserExistsError, UserNotFoundError, ValidationError } from '../src/protocol/index.js';
 import { tempDb } from './helpers/fixtures.js';
 
@@ -24,6 +24,19 @@ afterEach(() => {
   store.close();
   db.cleanup();
 });
+
+/** Turns the database at `path` into one written by schema 1, with one ledger row. */
+function writeSchema1(path: string): void {
+  const v1 = new Database(path);
+  v1.exec(`DROP TABLE users; DROP TABLE ledger; DROP TABLE meta; DROP TABLE ledger_count;
+    CREATE TABLE users (id INTEGER PRIMARY KEY, nickname TEXT NOT NULL UNIQUE, full_name TEXT NOT NULL,
+      email TEXT NOT NULL, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL) STRICT;
+    CREATE TABLE ledger (job_id TEXT PRIMARY KEY, results TEXT NOT NULL, applied_at INTEGER NOT NULL) STRICT;
+    CREATE INDEX ledger_applied_at ON ledger (applied_at);
+    INSERT INTO ledger VALUES ('old-job', '[{"ok":true,"value":42}]', 1);
+    PRAGMA user_version = 1;`);
+  v1.close();
+}
 
 describe('Store', () => {
   it('opens in WAL mode with synchronous=FULL at the current schema version', () => {
@@ -59,15 +72,7 @@ describe('Store', () => {
 
   it('upgrades a schema 1 database, keeping its ledger rows replayable', () => {
     store.close();
-    const v1 = new Database(db.dbPath);
-    v1.exec(`DROP TABLE users; DROP TABLE ledger; DROP TABLE meta; DROP TABLE ledger_count;
-      CREATE TABLE users (id INTEGER PRIMARY KEY, nickname TEXT NOT NULL UNIQUE, full_name TEXT NOT NULL,
-        email TEXT NOT NULL, created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL) STRICT;
-      CREATE TABLE ledger (job_id TEXT PRIMARY KEY, results TEXT NOT NULL, applied_at INTEGER NOT NULL) STRICT;
-      CREATE INDEX ledger_applied_at ON ledger (applied_at);
-      INSERT INTO ledger VALUES ('old-job', '[{"ok":true,"value":42}]', 1);
-      PRAGMA user_version = 1;`);
-    v1.close();
+    writeSchema1(db.dbPath);
     store = new Store(db.dbPath);
     assert.equal(store.db.pragma('user_version', { simple: true }), SCHEMA_VERSION);
     const replay = applyJob(store, 'old-job', { v: 1, ops: [create('x')] }, 1000);
@@ -75,6 +80,18 @@ describe('Store', () => {
     assert.deepEqual(replay.results, [{ ok: true, value: 42 }]);
     assert.match(store.dbId, /^[0-9a-f]{32}$/, 'migration 3 gave the database an identity');
     assert.equal(store.ledgerSize(), 1, 'migration 4 counted the rows already there');
+  });
+
+  it('summarizes a database of an older schema for the admin commands without migrating it', () => {
+    store.close();
+    writeSchema1(db.dbPath);
+    const old = new ReadOnlyStore(db.dbPath);
+    try {
+      assert.deepEqual({ ...old.summary(), pages: 0 }, { schemaVersion: 1, users: 0, ledgerRows: 1, pages: 0, pageSize: 4096 });
+    } finally {
+      old.close();
+    }
+    store = new Store(db.dbPath);
   });
 
   it('keeps data and schema version across reopen, and refuses a newer schema', () => {

@@ -14,7 +14,7 @@ import type { Logger } from 'pino';
 import type { Store } from './store.js';
 
 /** Rows deleted per transaction: ~5–15 ms of writer time, about what a group commit takes. */
-export const PRUNE_CHUNK_ROWS = 2000;
+const PRUNE_CHUNK_ROWS = 2000;
 
 /** Prunes one store's ledger every `intervalMs` while started. */
 export class LedgerPruner {
@@ -33,7 +33,7 @@ export class LedgerPruner {
     private readonly retentionMs: number,
     private readonly intervalMs: number,
     private readonly log: Logger,
-    private readonly isWriter: () => boolean = () => true,
+    private readonly isWriter: () => boolean,
     private readonly chunkRows = PRUNE_CHUNK_ROWS,
   ) {}
 

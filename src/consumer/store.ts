@@ -245,16 +245,19 @@ export interface DatabaseSummary {
 /** Pages copied per backup step: 4 MB at the default page size, a step a progress bar can show. */
 const BACKUP_PAGES_PER_STEP = 1024;
 
+/** Whether the database has table `name`: admin commands read databases of older schemas too. */
+function hasTable(db: Database.Database, name: string): boolean {
+  return db.prepare("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?").get(name) !== undefined;
+}
+
 /** Rows in the ledger: kept by triggers from schema 4, counted (~10 ms per million rows) before. */
 function ledgerRows(db: Database.Database): number {
-  const counted = db.prepare("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'ledger_count'").get() !== undefined;
-  return (db.prepare(counted ? 'SELECT n FROM ledger_count' : 'SELECT count(*) AS n FROM ledger').get() as { n: number }).n;
+  return (db.prepare(hasTable(db, 'ledger_count') ? 'SELECT n FROM ledger_count' : 'SELECT count(*) AS n FROM ledger').get() as { n: number }).n;
 }
 
 function summarize(db: Database.Database): DatabaseSummary {
   const schemaVersion = db.pragma('user_version', { simple: true }) as number;
-  const hasMeta = db.prepare("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'meta'").get() !== undefined;
-  const dbId = hasMeta ? (db.prepare("SELECT value FROM meta WHERE key = 'db_id'").get() as { value: string } | undefined)?.value : undefined;
+  const dbId = hasTable(db, 'meta') ? (db.prepare("SELECT value FROM meta WHERE key = 'db_id'").get() as { value: string } | undefined)?.value : undefined;
   return {
     schemaVersion,
     ...(dbId === undefined ? {} : { dbId }),
