@@ -69,10 +69,14 @@ describe('LedgerPruner', () => {
     assert.equal(await pruner.prune(), 0);
   });
 
-  it('prunes nothing while this consumer is not the writer', async () => {
-    const pruner = new LedgerPruner(store, HOUR, HOUR, capturedLog().log, () => false, 100);
-    assert.equal(await pruner.prune(), 0);
+  it('prunes nothing while this consumer is not the writer, and stops when it stops being one', async () => {
+    const standby = new LedgerPruner(store, HOUR, HOUR, capturedLog().log, () => false, 100);
+    assert.equal(await standby.prune(), 0);
     assert.equal(store.ledgerSize(), 1010);
+    let asked = 0;
+    const deposed = new LedgerPruner(store, HOUR, HOUR, capturedLog().log, () => asked++ < 2, 100);
+    assert.equal(await deposed.prune(), 200, 'two chunks, then the lease was gone');
+    assert.equal(store.ledgerSize(), 810);
   });
 
   it('logs a failure and carries on instead of rejecting', async () => {

@@ -156,6 +156,7 @@ export class UserOpsConsumer {
         : this.log.warn('another consumer is the writer: standing by, ready to take over'),
     );
     await this.lease.start();
+    if (this.state !== 'starting') return; // closed while the lease was asked for: start nothing more
     const replies = new ReplySender(this.connection, (replyId) => userOpsKey(o.redisUrl, o.queue, `reply:${replyId}`));
     this.committer = new GroupCommitter(this.store, this.token, o, this.log, this.stopping.signal, () => this.lease?.held() ?? false, this.metrics, replies);
     void worker.startStalledCheckTimer().catch((err: unknown) => this.log.error({ err }, 'stalled-job checker stopped'));
