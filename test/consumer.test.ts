@@ -171,6 +171,22 @@ describe('consumer', () => {
     assert.equal(consumer.database?.countUsers(), 5001, 'users untouched');
   });
 
+  it('prunes when it starts, sparing what was recent when the database was last written', async () => {
+    const db = t.add(tempDb(), (d) => d.cleanup());
+    // Down for ten days after its last commit; a prune at start must not take that last hour.
+    const last = Date.now() - 10 * 24 * 3_600_000;
+    const store = new Store(db.dbPath);
+    applyJobs(store, Array.from({ length: 3000 }, (_, i) => ({ id: `old-${i}`, ops: [create(`old${i}`)] })), last - 2 * 3_600_000);
+    applyJobs(store, [{ id: 'in-hand', ops: [create('inhand')] }], last);
+    store.close();
+    // The default interval (an hour): only the prune at start can run during this test.
+    const consumer = await startConsumer(t, { redisUrl: redis.url, queue, dbPath: db.dbPath, ledgerRetentionMs: 3_600_000 });
+    await until('the rows already old at the last commit are pruned', () => consumer.database?.ledgerSize() === 1);
+    // Re-delivered as after a crash: answered from the ledger, not applied again.
+    const again = await foreignProducer().run({ v: 1, ops: [create('inhand')] }, 'in-hand');
+    assert.deepEqual((again.value as { results: { ok: boolean }[] }).results.map((r) => r.ok), [true], 'the recorded result, not "exists"');
+  });
+
   it('commits waiting jobs as one group, in queue order, failing only the malformed one', async () => {
     const db = t.add(tempDb(), (d) => d.cleanup());
     const foreign = foreignProducer();

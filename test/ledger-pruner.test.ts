@@ -58,6 +58,27 @@ describe('LedgerPruner', () => {
     await pruner.close();
   });
 
+  it('prunes at start only rows past the retention when the database was last written', async () => {
+    const other = tempDb();
+    const downtime = new Store(other.dbPath);
+    try {
+      // The consumer last committed ten days ago: its last hour must survive the downtime.
+      const last = Date.now() - 10 * 24 * HOUR;
+      addJobs(downtime, 'gone', 250, last - 2 * HOUR);
+      addJobs(downtime, 'kept', 10, last - HOUR / 2);
+      addJobs(downtime, 'last', 10, last);
+      const pruner = new LedgerPruner(downtime, HOUR, HOUR, capturedLog().log, () => true, 100);
+      pruner.start();
+      assert.equal(await pruner.prune(), 250, 'the run start() began, joined');
+      assert.equal(downtime.ledgerSize(), 20);
+      assert.ok(downtime.ledgerGet('kept0', '') !== undefined && downtime.ledgerGet('last0', '') !== undefined);
+      await pruner.close();
+    } finally {
+      downtime.close();
+      other.cleanup();
+    }
+  });
+
   it('stops after the chunk in progress when closed, and prunes nothing after', async () => {
     const pruner = new LedgerPruner(store, HOUR, HOUR, capturedLog().log, () => true, 100);
     const running = pruner.prune();

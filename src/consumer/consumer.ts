@@ -159,10 +159,11 @@ export class UserOpsConsumer {
     if (this.state !== 'starting') return; // closed while the lease was asked for: start nothing more
     const replies = new ReplySender(this.connection, (replyId) => userOpsKey(o.redisUrl, o.queue, `reply:${replyId}`));
     this.committer = new GroupCommitter(this.store, this.token, o, this.log, this.stopping.signal, () => this.lease?.held() ?? false, this.metrics, replies);
-    void worker.startStalledCheckTimer().catch((err: unknown) => this.log.error({ err }, 'stalled-job checker stopped'));
-    this.loopDone = this.loop(worker);
+    // Before the loop commits anything: its first run goes by the ledger as the last run left it.
     this.pruner = new LedgerPruner(this.store, o.ledgerRetentionMs, o.ledgerPruneIntervalMs, this.log, () => this.lease?.held() ?? false);
     this.pruner.start();
+    void worker.startStalledCheckTimer().catch((err: unknown) => this.log.error({ err }, 'stalled-job checker stopped'));
+    this.loopDone = this.loop(worker);
     this.state = 'running';
     this.log.info('consumer ready');
   }

@@ -38,30 +38,33 @@ export class LedgerPruner {
   ) {}
 
   /**
-   * Prunes every `intervalMs` from now on. Not at once: a job left active by a crash is
-   * re-delivered in the first seconds, and its ledger row must still be there however long the
-   * consumer was down.
+   * Prunes now and every `intervalMs` after. This first run deletes only rows that were past the
+   * retention already when the database was last written: a job the consumer held when it
+   * stopped is re-delivered in the first seconds after it starts again, and its row must still be
+   * there however long the consumer was down. Call before anything is committed.
    */
   start(): void {
     if (this.timer || this.closed) return;
+    const last = this.store.lastLedgerAt();
+    if (last !== undefined) void this.prune(Math.min(last, Date.now()) - this.retentionMs);
     this.timer = setInterval(() => void this.prune(), this.intervalMs);
     this.timer.unref();
   }
 
   /**
-   * Deletes every row older than the retention, chunk by chunk; resolves with how many. Never
-   * rejects: a failure is logged and the next tick tries again.
+   * Deletes every row applied before `before` (by default, older than the retention), chunk by
+   * chunk; resolves with how many. A call while a run is in progress joins it. Never rejects: a
+   * failure is logged and the next tick tries again.
    */
-  prune(): Promise<number> {
-    this.running ??= this.run().finally(() => {
+  prune(before = Date.now() - this.retentionMs): Promise<number> {
+    this.running ??= this.run(before).finally(() => {
       this.running = undefined;
     });
     return this.running;
   }
 
-  private async run(): Promise<number> {
-    // Fixed at the start, so rows that age meanwhile wait for the next run and the run ends.
-    const before = Date.now() - this.retentionMs;
+  /** @param before - fixed for the run, so rows that age meanwhile wait for the next one and the run ends */
+  private async run(before: number): Promise<number> {
     const started = performance.now();
     let removed = 0;
     try {

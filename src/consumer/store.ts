@@ -193,6 +193,11 @@ export class Store {
     this.stmt.ledgerPut.run(jobId, payloadHash, resultsJson, now);
   }
 
+  /** When the newest ledger row was applied (epoch ms), or `undefined` while the ledger is empty. */
+  lastLedgerAt(): number | undefined {
+    return (this.db.prepare('SELECT max(applied_at) AS t FROM ledger').get() as { t: number | null }).t ?? undefined;
+  }
+
   /** Deletes up to `limit` of the oldest ledger rows applied before `before` (epoch ms); returns how many. */
   pruneLedger(before: number, limit: number): number {
     return this.stmt.ledgerPrune.run(before, limit).changes;
