@@ -1,5 +1,6 @@
 /**
- * Deletes ledger rows older than the retention, on a schedule, a bounded chunk per transaction.
+ * Deletes ledger rows older than the retention, at start and on a schedule, a bounded chunk per
+ * transaction.
  *
  * The writer's connection is synchronous and shared with the commit loop: one DELETE of an hour's
  * rows would hold the event loop for as long as it takes (measured ~2 µs a row for one-op jobs,
@@ -16,7 +17,7 @@ import type { Store } from './store.js';
 /** Rows deleted per transaction: ~5–15 ms of writer time, about what a group commit takes. */
 const PRUNE_CHUNK_ROWS = 2000;
 
-/** Prunes one store's ledger every `intervalMs` while started. */
+/** Prunes one store's ledger when started, then every `intervalMs` until closed. */
 export class LedgerPruner {
   private timer?: NodeJS.Timeout;
   /** The prune in progress, which later ticks join instead of starting another. */
