@@ -11,7 +11,7 @@ import { UserOpsConsumer } from '../src/consumer/index.js';
 import { Store } from '../src/consumer/store.js';
 import { RedisUnavailableError } from '../src/index.js';
 import type { Teardown } from './helpers/fixtures.js';
-import { newClient, plainQueue, redisSuite, startConsumer, tempDb, until } from './helpers/fixtures.js';
+import { newClient, plainQueue, recordJobs, redisSuite, startConsumer, tempDb, until } from './helpers/fixtures.js';
 import { freePort, TestRedis } from './helpers/redis-server.js';
 
 const suite = redisSuite();
@@ -161,8 +161,7 @@ describe('consumer', () => {
     const db = t.add(tempDb(), (d) => d.cleanup());
     // 5,000 jobs applied two hours ago: more than one chunk.
     const store = new Store(db.dbPath);
-    const jobs = Array.from({ length: 5000 }, (_, i) => ({ id: `old-${i}`, ops: [create(`old${i}`)] }));
-    applyJobs(store, jobs, Date.now() - 2 * 3_600_000);
+    recordJobs(store, 'old-', 5000, Date.now() - 2 * 3_600_000);
     store.close();
     const consumer = await startConsumer(t, { redisUrl: redis.url, queue, dbPath: db.dbPath, ledgerRetentionMs: 3_600_000, ledgerPruneIntervalMs: 1000 });
     assert.equal((await foreignProducer().run({ v: 1, ops: [create('new')] }, 'new-job')).state, 'completed');
@@ -176,7 +175,7 @@ describe('consumer', () => {
     // Down for ten days after its last commit; a prune at start must not take that last hour.
     const last = Date.now() - 10 * 24 * 3_600_000;
     const store = new Store(db.dbPath);
-    applyJobs(store, Array.from({ length: 3000 }, (_, i) => ({ id: `old-${i}`, ops: [create(`old${i}`)] })), last - 2 * 3_600_000);
+    recordJobs(store, 'old-', 3000, last - 2 * 3_600_000);
     applyJobs(store, [{ id: 'in-hand', ops: [create('inhand')] }], last);
     store.close();
     // The default interval (an hour): only the prune at start can run during this test.

@@ -3,18 +3,11 @@ import { afterEach, beforeEach, describe, it } from 'node:test';
 
 import Database from 'better-sqlite3';
 
-import { applyJobs } from '../src/consumer/apply.js';
 import { LedgerPruner } from '../src/consumer/ledger-pruner.js';
 import { Store } from '../src/consumer/store.js';
-import { capturedLog, tempDb, user } from './helpers/fixtures.js';
+import { capturedLog, recordJobs, tempDb } from './helpers/fixtures.js';
 
 const HOUR = 3_600_000;
-
-/** Records `n` one-op jobs applied at `at`, ids `${prefix}0...`, in one transaction. */
-function addJobs(store: Store, prefix: string, n: number, at: number): void {
-  const jobs = Array.from({ length: n }, (_, i) => ({ id: `${prefix}${i}`, ops: [{ op: 'user.create', args: user(`${prefix}${i}`) }] }));
-  applyJobs(store, jobs, at);
-}
 
 describe('LedgerPruner', () => {
   let db: ReturnType<typeof tempDb>;
@@ -22,9 +15,9 @@ describe('LedgerPruner', () => {
   beforeEach(() => {
     db = tempDb();
     store = new Store(db.dbPath, 50);
-    addJobs(store, 'older', 300, Date.now() - 5 * HOUR);
-    addJobs(store, 'old', 700, Date.now() - 3 * HOUR);
-    addJobs(store, 'new', 10, Date.now());
+    recordJobs(store, 'older', 300, Date.now() - 5 * HOUR);
+    recordJobs(store, 'old', 700, Date.now() - 3 * HOUR);
+    recordJobs(store, 'new', 10, Date.now());
   });
   afterEach(() => {
     store.close();
@@ -64,9 +57,9 @@ describe('LedgerPruner', () => {
     try {
       // The consumer last committed ten days ago: its last hour must survive the downtime.
       const last = Date.now() - 10 * 24 * HOUR;
-      addJobs(downtime, 'gone', 250, last - 2 * HOUR);
-      addJobs(downtime, 'kept', 10, last - HOUR / 2);
-      addJobs(downtime, 'last', 10, last);
+      recordJobs(downtime, 'gone', 250, last - 2 * HOUR);
+      recordJobs(downtime, 'kept', 10, last - HOUR / 2);
+      recordJobs(downtime, 'last', 10, last);
       const pruner = new LedgerPruner(downtime, HOUR, HOUR, capturedLog().log, () => true, 100);
       pruner.start();
       assert.equal(await pruner.prune(), 250, 'the run start() began, joined');

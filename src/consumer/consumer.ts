@@ -77,8 +77,11 @@ export class UserOpsConsumer {
 
   /** `writer` while this consumer holds the queue's writer lease, else `standby`. */
   get role(): WriterRole {
-    return this.lease?.held() ? 'writer' : 'standby';
+    return this.isWriter() ? 'writer' : 'standby';
   }
+
+  /** Whether this consumer holds the writer lease now: asked before every commit and prune. */
+  private readonly isWriter = (): boolean => this.lease?.held() ?? false;
 
   /** The store, once started; for admin commands and tests in the same process. */
   get database(): Store | undefined {
@@ -158,9 +161,9 @@ export class UserOpsConsumer {
     await this.lease.start();
     if (this.state !== 'starting') return; // closed while the lease was asked for: start nothing more
     const replies = new ReplySender(this.connection, (replyId) => userOpsKey(o.redisUrl, o.queue, `reply:${replyId}`));
-    this.committer = new GroupCommitter(this.store, this.token, o, this.log, this.stopping.signal, () => this.lease?.held() ?? false, this.metrics, replies);
+    this.committer = new GroupCommitter(this.store, this.token, o, this.log, this.stopping.signal, this.isWriter, this.metrics, replies);
     // Before the loop commits anything: its first run goes by the ledger as the last run left it.
-    this.pruner = new LedgerPruner(this.store, o.ledgerRetentionMs, o.ledgerPruneIntervalMs, this.log, () => this.lease?.held() ?? false);
+    this.pruner = new LedgerPruner(this.store, o.ledgerRetentionMs, o.ledgerPruneIntervalMs, this.log, this.isWriter);
     this.pruner.start();
     void worker.startStalledCheckTimer().catch((err: unknown) => this.log.error({ err }, 'stalled-job checker stopped'));
     this.loopDone = this.loop(worker);
@@ -243,7 +246,7 @@ export class UserOpsConsumer {
   /** The single writer: take a group, commit it, acknowledge it; until closed. */
   private async loop(worker: Worker<unknown, JobResults>): Promise<void> {
     for (let failures = 0; !this.stopping.signal.aborted; ) {
-      if (!this.lease?.held()) {
+      if (!this.isWriter()) {
         // Standing by: take nothing while another consumer is the writer, and hold nothing either.
         await this.committer?.release();
         await sleep(STANDBY_POLL_MS, undefined, { signal: this.stopping.signal }).catch(() => undefined);

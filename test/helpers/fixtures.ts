@@ -13,8 +13,10 @@ import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { type Logger, pino } from 'pino';
 
+import { applyJobs } from '../../src/consumer/apply.js';
 import { UserOpsConsumer } from '../../src/consumer/consumer.js';
 import type { ConsumerOptions } from '../../src/consumer/options.js';
+import type { Store } from '../../src/consumer/store.js';
 import { UserOpsClient } from '../../src/producer/client.js';
 import type { ClientOptions } from '../../src/producer/options.js';
 import { TestRedis } from './redis-server.js';
@@ -101,6 +103,12 @@ export function redisSuite(): SuiteContext {
 /** Valid arguments for creating `nickname`. */
 export function user(nickname: string): { nickname: string; fullName: string; email: string } {
   return { nickname, fullName: 'F', email: `${nickname}@example.com` };
+}
+
+/** Records `n` one-op jobs applied at `at` (epoch ms), ids and nicknames `${prefix}0...`, in one transaction. */
+export function recordJobs(store: Store, prefix: string, n: number, at: number): void {
+  const jobs = Array.from({ length: n }, (_, i) => ({ id: `${prefix}${i}`, ops: [{ op: 'user.create', args: user(`${prefix}${i}`) }] }));
+  applyJobs(store, jobs, at);
 }
 
 /** Polls `check` until it holds; throws naming `what` after `ms`. */
