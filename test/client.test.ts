@@ -2,7 +2,9 @@ import assert from 'node:assert/strict';
 import { beforeEach, describe, it } from 'node:test';
 
 import Database from 'better-sqlite3';
+import { Worker } from 'bullmq';
 import { Redis } from 'ioredis';
+import { pino } from 'pino';
 
 import {
   ClientClosedError,
@@ -13,6 +15,8 @@ import {
   UserNotFoundError,
   ValidationError,
 } from '../src/index.js';
+import { QueueLink } from '../src/producer/link.js';
+import { type JobPayload, PROTOCOL_VERSION } from '../src/protocol/index.js';
 import type { Teardown } from './helpers/fixtures.js';
 import { newClient, plainQueue, redisSuite, startConsumer, tempDb, until } from './helpers/fixtures.js';
 import { freePort, TestRedis } from './helpers/redis-server.js';
@@ -241,5 +245,51 @@ describe('UserOpsClient when things are missing', () => {
     const pending = client.getUser('bob');
     await client.close();
     await assert.rejects(pending, ClientClosedError);
+  });
+});
+
+describe('Reconciling a job whose add failed midway', () => {
+  /** A link whose outcomes are recorded, connected by one add. */
+  function link() {
+    const outcomes = { lost: [] as string[], completed: [] as string[], failed: [] as string[] };
+    const l = t.add(
+      new QueueLink(
+        { redisUrl: redis.url, queue, connectTimeoutMs: 5000 },
+        {
+          completed: (id) => outcomes.completed.push(id),
+          failed: (id) => outcomes.failed.push(id),
+          lost: (id) => outcomes.lost.push(id),
+        },
+        pino({ level: 'silent' }),
+      ),
+      (x) => x.close(),
+    );
+    return { l, outcomes };
+  }
+  const payload: JobPayload = { v: PROTOCOL_VERSION, ops: [{ op: 'user.get', args: { nickname: 'bob' } }] };
+
+  it('reports it lost when Redis would still hold it had it run', async () => {
+    const { l, outcomes } = link();
+    await l.add('warm-up', payload);
+    await l.reconcile([{ id: 'never-sent', uncertain: true, since: Date.now() - 4000 }]);
+    assert.deepEqual(outcomes.lost, ['never-sent']);
+  });
+
+  it('does not report it lost when BullMQ may have dropped it after it ran', async () => {
+    const { l, outcomes } = link();
+    // A worker that keeps only the newest two finished jobs, as a busy queue keeps seconds' worth.
+    const connection = t.add(new Redis(redis.url, { maxRetriesPerRequest: null }), (c) => c.disconnect());
+    const done: string[] = [];
+    const worker = t.add(new Worker(queue, () => Promise.resolve({ results: [] }), { connection, removeOnComplete: { count: 2 } }), (w) => w.close());
+    worker.on('completed', (job) => done.push(job.id as string));
+    const since = Date.now();
+    for (const id of ['ran', 'later-1', 'later-2', 'later-3']) await l.add(id, payload);
+    await until('four jobs completed', () => done.length === 4);
+    assert.equal(await connection.exists(`bull:${queue}:ran`), 0, 'the job that ran has been dropped');
+    await l.reconcile([{ id: 'ran', uncertain: true, since }]);
+    assert.deepEqual(outcomes, { lost: [], completed: [], failed: [] }, 'left to time out as "unknown", not reported as never sent');
+    // Sent after the oldest finished job still kept: had it run, it would still be there.
+    await l.reconcile([{ id: 'sent-later', uncertain: true, since: Date.now() + 60_000 }]);
+    assert.deepEqual(outcomes.lost, ['sent-later']);
   });
 });

@@ -55,7 +55,10 @@ interface InFlightJob {
 /** A job in flight for a while, as reconciling needs it. */
 export interface StaleJob {
   id: string;
+  /** Its add failed after it may have reached Redis. */
   uncertain: boolean;
+  /** When it was sent (epoch ms, this process's clock). */
+  since: number;
 }
 
 /**
@@ -219,7 +222,7 @@ export class Dispatcher {
   /** Jobs in flight for longer than `ms`: candidates for reconciling after missed replies. */
   jobsOlderThan(ms: number): StaleJob[] {
     const before = Date.now() - ms;
-    return [...this.inFlight].filter(([, job]) => job.since < before).map(([id, job]) => ({ id, uncertain: job.uncertain }));
+    return [...this.inFlight].filter(([, job]) => job.since < before).map(([id, job]) => ({ id, uncertain: job.uncertain, since: job.since }));
   }
 
   private finish(jobId: string): PendingCall[] | undefined {

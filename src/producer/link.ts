@@ -20,6 +20,12 @@ import { ReplyReader } from './reply-reader.js';
 /** Longest wait for each BullMQ close step; a healthy close takes milliseconds. */
 const CLOSE_DEADLINE_MS = 2000;
 
+/**
+ * How far apart the clocks of a client and a consumer may be: a job's send time is the client's,
+ * its finish time the consumer's.
+ */
+const CLOCK_SKEW_MS = 10_000;
+
 /** Where a finished job's outcome goes. */
 export interface Outcomes {
   completed(jobId: string, returnValue: unknown): void;
@@ -97,16 +103,46 @@ export class QueueLink {
     const parts = this.parts;
     if (!parts || parts.commands.status !== 'ready' || stale.length === 0) return;
     const jobs = await Promise.all(stale.map(({ id }) => parts.queue.getJob(id).then((job) => job, () => null)));
-    jobs.forEach((job, i) => {
-      const { id, uncertain } = stale[i] as StaleJob;
-      // Absent (not merely unreadable): completed jobs are kept an hour, so it never arrived.
-      if (job === undefined && uncertain) this.outcomes.lost(id, this.unavailable(new Error('the connection failed while the job was being added; it never reached Redis')));
-    });
+    // Absent (not merely unreadable) and its add uncertain: it never arrived, or it ran and BullMQ
+    // has already dropped it (the consumer keeps the newest 10,000 finished jobs, seconds' worth
+    // on a busy queue). Only the first may be reported as lost: "never reached Redis" tells the
+    // caller it is safe to call again.
+    const absent = stale.filter(({ uncertain }, i) => uncertain && jobs[i] === undefined);
+    if (absent.length > 0) {
+      const keptSince = await this.finishedKeptSince(parts);
+      for (const { id, since } of absent) {
+        if (keptSince !== undefined && keptSince < since - CLOCK_SKEW_MS) {
+          this.outcomes.lost(id, this.unavailable(new Error('the connection failed while the job was being added; it never reached Redis')));
+        } else {
+          this.log.debug({ jobId: id }, 'cannot tell whether a job whose add failed reached Redis; its calls will time out');
+        }
+      }
+    }
     for (const job of jobs as (Job | undefined | null)[]) {
       if (!job?.id || !job.finishedOn) continue;
       this.log.debug({ jobId: job.id }, 'settled a call from the job itself (its event was missed)');
       if (job.failedReason && (await job.isFailed())) this.outcomes.failed(job.id, job.failedReason);
       else this.outcomes.completed(job.id, job.returnvalue);
+    }
+  }
+
+  /**
+   * When the oldest finished job BullMQ still keeps finished (epoch ms, the consumer's clock), the
+   * later of the completed and failed sets': every job that finished after it is still there,
+   * because BullMQ drops finished jobs oldest first. `-Infinity` when both sets are empty, and
+   * `undefined` when Redis could not say.
+   */
+  private async finishedKeptSince(parts: Parts): Promise<number | undefined> {
+    try {
+      const oldest = await Promise.all(
+        [parts.queue.keys.completed, parts.queue.keys.failed].map(async (key) => {
+          const [, score] = await parts.commands.zrange(key as string, 0, 0, 'WITHSCORES');
+          return score === undefined ? -Infinity : Number(score);
+        }),
+      );
+      return Math.max(...oldest);
+    } catch {
+      return undefined;
     }
   }
 
