@@ -99,6 +99,14 @@ describe('ops and envelopes from the wire', () => {
     assert.throws(() => parseEnvelope({ v: 1, ops: [{ op: 'x', args: 'y'.repeat(2000) }] }, 10, 1024), /Invalid job: data is \d+ bytes of JSON, more than the limit of 1024/);
   });
 
+  it('measures a job in bytes of its whole JSON, multi-byte characters and reply id included', () => {
+    const data = { ops: [{ op: 'user.get', args: { nickname: 'é'.repeat(600) } }], reply: 'client-1', v: 1 };
+    const bytes = Buffer.byteLength(JSON.stringify(data));
+    assert.throws(() => parseEnvelope(data, 10, bytes - 1), new RegExp(`data is ${bytes} bytes of JSON, more than the limit of ${bytes - 1}`));
+    const { opsJson } = parseEnvelope(data, 10, bytes);
+    assert.equal(opsJson, JSON.stringify(data.ops));
+  });
+
   it('checks result lists against the number of ops', () => {
     const results = [{ ok: true, value: 1 }, { ok: false, error: { code: 'USER_EXISTS', message: 'm' } }];
     assert.deepEqual(parseResults({ results }, 2), results);

@@ -43,11 +43,16 @@ function run(store: Store, op: Op, now: number): unknown {
 export interface ValidJob {
   id: string;
   ops: unknown[];
+  /** `ops` as JSON, when {@link parseEnvelope} has made it already. */
+  opsJson?: string;
 }
 
-/** Identifies what a job carried, so a re-used job id is not mistaken for a re-delivery. */
-export function payloadHash(ops: unknown[]): string {
-  return createHash('sha256').update(JSON.stringify(ops)).digest('base64url');
+/**
+ * Identifies what a job carried, so a re-used job id is not mistaken for a re-delivery.
+ * @param opsJson - `ops` as JSON, if already made
+ */
+export function payloadHash(ops: unknown[], opsJson = JSON.stringify(ops)): string {
+  return createHash('sha256').update(opsJson).digest('base64url');
 }
 
 /**
@@ -59,7 +64,7 @@ export function applyJobs(store: Store, jobs: readonly ValidJob[], now = Date.no
   return store.db
     .transaction((): Applied[] =>
       jobs.map((job) => {
-        const hash = payloadHash(job.ops);
+        const hash = payloadHash(job.ops, job.opsJson);
         const recorded = store.ledgerGet(job.id, hash);
         if (recorded && 'results' in recorded) return { ...recorded, replayed: true };
         const results = job.ops.map((raw) => applyOne(store, raw, now));
@@ -76,8 +81,8 @@ export function applyJobs(store: Store, jobs: readonly ValidJob[], now = Date.no
  * applied, if it is malformed), then {@link applyJobs}.
  */
 export function applyJob(store: Store, jobId: string, data: unknown, maxOps: number, now = Date.now()): Applied {
-  const { ops } = parseEnvelope(data, maxOps);
-  return applyJobs(store, [{ id: jobId, ops }], now)[0] as Applied;
+  const { ops, opsJson } = parseEnvelope(data, maxOps);
+  return applyJobs(store, [{ id: jobId, ops, opsJson }], now)[0] as Applied;
 }
 
 function applyOne(store: Store, raw: unknown, now: number): OpResult {

@@ -29,7 +29,7 @@ export function backoffMs(attempt: number): number {
 const FETCH_ROUND = 16;
 
 type UJob = Job<unknown, JobResults>;
-type ValidJob = { job: UJob; ops: unknown[]; reply?: string | undefined };
+type ValidJob = { job: UJob; ops: unknown[]; reply?: string | undefined; opsJson: string };
 
 /** Ops in validated jobs. */
 function countOps(valid: readonly ValidJob[]): number {
@@ -230,7 +230,7 @@ export class GroupCommitter {
    * each job is tried alone so one bad job cannot hold up the rest.
    */
   private async applyGroup(valid: ValidJob[]): Promise<(ValidJob & { outcome: Applied | Error })[]> {
-    const jobs = valid.map(({ job, ops }) => ({ id: job.id as string, ops }));
+    const jobs = valid.map(({ job, ops, opsJson }) => ({ id: job.id as string, ops, opsJson }));
     for (let attempt = 0; ; attempt++) {
       try {
         const outcomes = applyJobs(this.store, jobs).map((outcome, i) => ({ ...(valid[i] as ValidJob), outcome }));
