@@ -271,7 +271,7 @@ describe('Reconciling a job whose add failed midway', () => {
   it('reports it lost when Redis would still hold it had it run', async () => {
     const { l, outcomes } = link();
     await l.add('warm-up', payload);
-    await l.reconcile([{ id: 'never-sent', uncertain: true, since: Date.now() - 4000 }]);
+    await l.reconcile([{ id: 'never-sent', uncertain: true, since: Date.now() - 4000, after: undefined }]);
     assert.deepEqual(outcomes.lost, ['never-sent']);
   });
 
@@ -286,10 +286,14 @@ describe('Reconciling a job whose add failed midway', () => {
     for (const id of ['ran', 'later-1', 'later-2', 'later-3']) await l.add(id, payload);
     await until('four jobs completed', () => done.length === 4);
     assert.equal(await connection.exists(`bull:${queue}:ran`), 0, 'the job that ran has been dropped');
-    await l.reconcile([{ id: 'ran', uncertain: true, since }]);
+    // Neither the clocks nor the queue's order can tell: the job it was sent after is gone too.
+    await l.reconcile([{ id: 'ran', uncertain: true, since, after: undefined }]);
+    await l.reconcile([{ id: 'ran', uncertain: true, since, after: 'ran' }]);
     assert.deepEqual(outcomes, { lost: [], completed: [], failed: [] }, 'left to time out as "unknown", not reported as never sent');
-    // Sent after the oldest finished job still kept: had it run, it would still be there.
-    await l.reconcile([{ id: 'sent-later', uncertain: true, since: Date.now() + 60_000 }]);
-    assert.deepEqual(outcomes.lost, ['sent-later']);
+    // Sent after a job that is still kept: had it run, it would have finished later, and be kept too.
+    await l.reconcile([{ id: 'sent-after-later-2', uncertain: true, since: Date.now(), after: 'later-2' }]);
+    // Sent well after the oldest finished job still kept, by the clocks.
+    await l.reconcile([{ id: 'sent-later', uncertain: true, since: Date.now() + 60_000, after: undefined }]);
+    assert.deepEqual(outcomes.lost, ['sent-after-later-2', 'sent-later']);
   });
 });

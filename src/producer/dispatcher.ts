@@ -50,6 +50,8 @@ interface InFlightJob {
   since: number;
   /** Its add failed after it may have reached Redis. */
   uncertain: boolean;
+  /** The newest job of this client whose outcome had arrived when this one was sent. */
+  after: string | undefined;
 }
 
 /** A job in flight for a while, as reconciling needs it. */
@@ -59,6 +61,11 @@ export interface StaleJob {
   uncertain: boolean;
   /** When it was sent (epoch ms, this process's clock). */
   since: number;
+  /**
+   * The newest job of this client whose outcome had arrived when this one was sent: it finished
+   * before this one was even added, so the consumer would finish this one after it.
+   */
+  after: string | undefined;
 }
 
 /**
@@ -86,6 +93,8 @@ export class Dispatcher {
   private sending = false;
   private pumpScheduled = false;
   private closed = false;
+  /** The job whose outcome arrived last; see `StaleJob.after`. */
+  private lastFinished: string | undefined;
 
   /**
    * @param send - adds a job to the queue
@@ -144,7 +153,7 @@ export class Dispatcher {
     if (calls.length === 0) return;
     const jobId = randomUUID();
     for (const call of calls) call.jobId = jobId;
-    const job: InFlightJob = { calls, since: Date.now(), uncertain: false };
+    const job: InFlightJob = { calls, since: Date.now(), uncertain: false, after: this.lastFinished };
     this.inFlight.set(jobId, job);
     this.sending = true;
     const payload: JobPayload = { v: PROTOCOL_VERSION, ops: calls.map((c) => c.wire) };
@@ -193,6 +202,7 @@ export class Dispatcher {
   completed(jobId: string, returnValue: unknown): void {
     const calls = this.finish(jobId);
     if (!calls) return;
+    this.lastFinished = jobId;
     const results = parseResults(returnValue, calls.length);
     if (!results) {
       const err = new JobFailedError(jobId, 'the consumer returned a value that is not a userops result list');
@@ -210,6 +220,7 @@ export class Dispatcher {
   failed(jobId: string, reason: string): void {
     const calls = this.finish(jobId);
     if (!calls) return;
+    this.lastFinished = jobId;
     const err = new JobFailedError(jobId, reason);
     for (const call of calls) this.settle(call, err);
   }
@@ -222,7 +233,7 @@ export class Dispatcher {
   /** Jobs in flight for longer than `ms`: candidates for reconciling after missed replies. */
   jobsOlderThan(ms: number): StaleJob[] {
     const before = Date.now() - ms;
-    return [...this.inFlight].filter(([, job]) => job.since < before).map(([id, job]) => ({ id, uncertain: job.uncertain, since: job.since }));
+    return [...this.inFlight].filter(([, job]) => job.since < before).map(([id, { uncertain, since, after }]) => ({ id, uncertain, since, after }));
   }
 
   private finish(jobId: string): PendingCall[] | undefined {

@@ -110,11 +110,12 @@ export class QueueLink {
     const absent = stale.filter(({ uncertain }, i) => uncertain && jobs[i] === undefined);
     if (absent.length > 0) {
       const keptSince = await this.finishedKeptSince(parts);
-      for (const { id, since } of absent) {
-        if (keptSince !== undefined && keptSince < since - CLOCK_SKEW_MS) {
-          this.outcomes.lost(id, this.unavailable(new Error('the connection failed while the job was being added; it never reached Redis')));
+      const finishedOn = new Map<string, Promise<number | undefined>>();
+      for (const job of absent) {
+        if (keptSince !== undefined && (await this.wouldStillHold(parts, job, keptSince, finishedOn))) {
+          this.outcomes.lost(job.id, this.unavailable(new Error('the connection failed while the job was being added; it never reached Redis')));
         } else {
-          this.log.debug({ jobId: id }, 'cannot tell whether a job whose add failed reached Redis; its calls will time out');
+          this.log.debug({ jobId: job.id }, 'cannot tell whether a job whose add failed reached Redis; its calls will time out');
         }
       }
     }
@@ -124,6 +125,25 @@ export class QueueLink {
       if (job.failedReason && (await job.isFailed())) this.outcomes.failed(job.id, job.failedReason);
       else this.outcomes.completed(job.id, job.returnvalue);
     }
+  }
+
+  /**
+   * Whether Redis would still hold `job` had it run, given when the oldest finished job it keeps
+   * finished (`keptSince`). Either by the clocks: everything that finished since well before the
+   * job was sent is kept. Or, on a queue too young or too busy for that, by the queue's order: the
+   * job would have finished after `job.after`, at least one commit later, and everything that
+   * finished since `job.after` did is kept (both times are the consumer's, so no skew).
+   */
+  private async wouldStillHold(parts: Parts, job: StaleJob, keptSince: number, finishedOn: Map<string, Promise<number | undefined>>): Promise<boolean> {
+    if (keptSince < job.since - CLOCK_SKEW_MS) return true;
+    if (job.after === undefined) return false;
+    let before = finishedOn.get(job.after);
+    if (!before) {
+      before = parts.queue.getJob(job.after).then((j) => j?.finishedOn, () => undefined);
+      finishedOn.set(job.after, before);
+    }
+    const at = await before;
+    return at !== undefined && keptSince <= at;
   }
 
   /**
