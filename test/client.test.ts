@@ -283,12 +283,12 @@ describe('Reconciling a job whose add failed midway', () => {
     const worker = t.add(new Worker(queue, () => Promise.resolve({ results: [] }), { connection, removeOnComplete: { count: 2 } }), (w) => w.close());
     worker.on('completed', (job) => done.push(job.id as string));
     const since = Date.now();
-    for (const id of ['ran', 'later-1', 'later-2', 'later-3']) await l.add(id, payload);
-    await until('four jobs completed', () => done.length === 4);
+    for (const id of ['before', 'ran', 'later-1', 'later-2', 'later-3']) await l.add(id, payload);
+    await until('five jobs completed', () => done.length === 5);
     assert.equal(await connection.exists(`bull:${queue}:ran`), 0, 'the job that ran has been dropped');
     // Neither the clocks nor the queue's order can tell: the job it was sent after is gone too.
     await l.reconcile([{ id: 'ran', uncertain: true, since, after: undefined }]);
-    await l.reconcile([{ id: 'ran', uncertain: true, since, after: 'ran' }]);
+    await l.reconcile([{ id: 'ran', uncertain: true, since, after: 'before' }]);
     assert.deepEqual(outcomes, { lost: [], completed: [], failed: [] }, 'left to time out as "unknown", not reported as never sent');
     // Sent after a job that is still kept: had it run, it would have finished later, and be kept too.
     await l.reconcile([{ id: 'sent-after-later-2', uncertain: true, since: Date.now(), after: 'later-2' }]);
