@@ -26,6 +26,20 @@ const CLOSE_DEADLINE_MS = 2000;
  */
 const CLOCK_SKEW_MS = 10_000;
 
+/**
+ * Whether Redis would still hold `job` had it run, given when the oldest finished job it keeps
+ * finished (`keptSince`) and when the jobs it still holds finished (`finishedOn`). Either by the
+ * clocks: everything that finished since well before the job was sent is kept. Or, on a queue too
+ * young or too busy for that, by the queue's order: the job would have finished after `job.after`,
+ * at least one commit later, and everything that finished since `job.after` did is kept (both
+ * times are the consumer's, so no skew).
+ */
+function wouldStillHold(job: StaleJob, keptSince: number, finishedOn: ReadonlyMap<string, number>): boolean {
+  if (keptSince < job.since - CLOCK_SKEW_MS) return true;
+  const after = job.after === undefined ? undefined : finishedOn.get(job.after);
+  return after !== undefined && keptSince <= after;
+}
+
 /** Where a finished job's outcome goes. */
 export interface Outcomes {
   completed(jobId: string, returnValue: unknown): void;
@@ -110,9 +124,9 @@ export class QueueLink {
     const absent = stale.filter(({ uncertain }, i) => uncertain && jobs[i] === undefined);
     if (absent.length > 0) {
       const keptSince = await this.finishedKeptSince(parts);
-      const finishedOn = new Map<string, Promise<number | undefined>>();
+      const finishedOn = await this.finishTimes(parts, absent.map((job) => job.after));
       for (const job of absent) {
-        if (keptSince !== undefined && (await this.wouldStillHold(parts, job, keptSince, finishedOn))) {
+        if (keptSince !== undefined && wouldStillHold(job, keptSince, finishedOn)) {
           this.outcomes.lost(job.id, this.unavailable(new Error('the connection failed while the job was being added; it never reached Redis')));
         } else {
           this.log.debug({ jobId: job.id }, 'cannot tell whether a job whose add failed reached Redis; its calls will time out');
@@ -127,23 +141,16 @@ export class QueueLink {
     }
   }
 
-  /**
-   * Whether Redis would still hold `job` had it run, given when the oldest finished job it keeps
-   * finished (`keptSince`). Either by the clocks: everything that finished since well before the
-   * job was sent is kept. Or, on a queue too young or too busy for that, by the queue's order: the
-   * job would have finished after `job.after`, at least one commit later, and everything that
-   * finished since `job.after` did is kept (both times are the consumer's, so no skew).
-   */
-  private async wouldStillHold(parts: Parts, job: StaleJob, keptSince: number, finishedOn: Map<string, Promise<number | undefined>>): Promise<boolean> {
-    if (keptSince < job.since - CLOCK_SKEW_MS) return true;
-    if (job.after === undefined) return false;
-    let before = finishedOn.get(job.after);
-    if (!before) {
-      before = parts.queue.getJob(job.after).then((j) => j?.finishedOn, () => undefined);
-      finishedOn.set(job.after, before);
-    }
-    const at = await before;
-    return at !== undefined && keptSince <= at;
+  /** When each of these jobs finished (epoch ms, the consumer's clock), for those Redis still holds. */
+  private async finishTimes(parts: Parts, ids: (string | undefined)[]): Promise<Map<string, number>> {
+    const unique = [...new Set(ids.filter((id) => id !== undefined))];
+    const jobs = await Promise.all(unique.map((id) => parts.queue.getJob(id).catch(() => undefined)));
+    const times = new Map<string, number>();
+    unique.forEach((id, i) => {
+      const at = jobs[i]?.finishedOn;
+      if (at !== undefined) times.set(id, at);
+    });
+    return times;
   }
 
   /**
