@@ -77,6 +77,13 @@ describe('UserOpsClient with a running consumer', () => {
     });
     await assert.rejects(client.updateUser('bob', {}), /give at least one of fullName, email/);
     await assert.rejects(client.updateUser('bob', null as never), /changes: must be an object/);
+    // The first argument would silently win over it: a rename that does nothing must not succeed.
+    await assert.rejects(client.updateUser('bob', { fullName: 'B', nickname: 'robert' } as never), (err: unknown) => {
+      assert.ok(err instanceof ValidationError);
+      assert.deepEqual(err.issues.map((i) => i.path), ['changes.nickname']);
+      assert.match(err.message, /unknown key nickname/);
+      return true;
+    });
     await assert.rejects(client.listUsers({ limit: -1 }), ValidationError);
     await assert.rejects(client.getUser(''), /nickname: must not be empty/);
     const counts = await probe.getJobCounts();
@@ -240,11 +247,51 @@ describe('UserOpsClient when things are missing', () => {
     assert.equal(client.pendingCount, 0);
   });
 
-  it('rejects pending calls with ClientClosedError when closed', async () => {
-    const client = newClient(t, { redisUrl: redis.url, queue, timeoutMs: 10_000 });
-    const pending = client.getUser('bob');
+  it('closes with pending calls: withdraws what no consumer took, and says the op will never run', async () => {
+    // A window of one job: the first call is sent and waits in the queue, the second waits unsent.
+    const client = newClient(t, { redisUrl: redis.url, queue, timeoutMs: 10_000, maxInFlightJobs: 1 });
+    const probe = plainQueue(t, redis.url, queue);
+    const sent = client.createUser(bob);
+    await until('the first job is waiting', async () => (await probe.getWaitingCount()) === 1);
+    const unsent = client.getUser('bob');
+    const outcomes = Promise.allSettled([sent, unsent]); // handled before close rejects them
     await client.close();
-    await assert.rejects(pending, ClientClosedError);
+    await outcomes;
+    const counts = await probe.getJobCounts();
+    assert.equal(Object.values(counts).reduce((a, b) => a + b, 0), 0, 'the sent job was taken back');
+    await assert.rejects(sent, (err: unknown) => {
+      assert.ok(err instanceof ClientClosedError);
+      assert.equal(err.applied, false);
+      assert.equal(typeof err.jobId, 'string');
+      assert.match(err.message, /client is closed \(job .+; applied: false\)/);
+      return true;
+    });
+    await assert.rejects(unsent, (err: unknown) => {
+      assert.ok(err instanceof ClientClosedError);
+      assert.equal(err.applied, false);
+      assert.equal(err.jobId, undefined);
+      assert.match(err.message, /never sent; applied: false/);
+      return true;
+    });
+  });
+
+  it('closes with a call whose job a consumer has taken: applied "unknown"', async () => {
+    const client = newClient(t, { redisUrl: redis.url, queue, timeoutMs: 10_000 });
+    const pending = client.createUser(bob);
+    const outcome = Promise.allSettled([pending]); // handled before close rejects it
+    // A worker takes the job and holds it, as a consumer in the middle of a commit would.
+    const connection = t.add(new Redis(redis.url, { maxRetriesPerRequest: null }), (c) => c.disconnect());
+    const worker = t.add(new Worker(queue, null, { connection }), (w) => w.close(true));
+    let taken: unknown;
+    await until('the job is taken', async () => (taken ??= await worker.getNextJob('holder', { block: false })) !== undefined);
+    await client.close();
+    await outcome;
+    await assert.rejects(pending, (err: unknown) => {
+      assert.ok(err instanceof ClientClosedError);
+      assert.equal(err.applied, 'unknown');
+      assert.equal(err.jobId, (taken as { id: string }).id);
+      return true;
+    });
   });
 });
 

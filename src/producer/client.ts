@@ -12,6 +12,9 @@ import { type ClientOptions, type ResolvedClientOptions, resolveClientOptions } 
 /** A job in flight this long is looked up in Redis in case its reply was missed. */
 const RECONCILE_AFTER_MS = 3000;
 
+/** How long close() tries to withdraw jobs still waiting: one round trip, unless Redis is in trouble. */
+const CLOSE_WITHDRAW_MS = 2000;
+
 /** Arguments of {@link UserOpsClient.createUser}. */
 export interface CreateUserInput {
   nickname: string;
@@ -88,6 +91,11 @@ export class UserOpsClient {
     if (typeof changes !== 'object' || changes === null) {
       return Promise.reject(new ValidationError([{ path: 'changes', message: 'must be an object like { fullName, email }' }]));
     }
+    // Merged below, the first argument would silently win: a caller trying to rename would get a
+    // success and no rename.
+    if (Object.hasOwn(changes, 'nickname')) {
+      return Promise.reject(new ValidationError([{ path: 'changes.nickname', message: 'unknown key nickname (a nickname cannot be changed; the user to change is the first argument)' }]));
+    }
     return this.call('user.update', { ...changes, nickname });
   }
 
@@ -115,8 +123,10 @@ export class UserOpsClient {
   }
 
   /**
-   * Rejects calls still pending with `ClientClosedError` and closes the Redis connections.
-   * Safe to call twice. Await your calls first if you want their results.
+   * Rejects calls still pending with `ClientClosedError` and closes the Redis connections. Jobs
+   * sent and not yet taken by a consumer are withdrawn first, so their calls end with
+   * `applied: false`; those a consumer already took end with `applied: 'unknown'`. Safe to call
+   * twice. Await your calls first if you want their results.
    */
   close(): Promise<void> {
     this.closing ??= this.doClose();
@@ -125,7 +135,7 @@ export class UserOpsClient {
 
   private async doClose(): Promise<void> {
     clearInterval(this.reconciler);
-    this.dispatcher.close();
+    await this.dispatcher.close(CLOSE_WITHDRAW_MS);
     await this.link.close();
   }
 

@@ -253,14 +253,7 @@ export class Dispatcher {
     // Sent: take the job back if no consumer has started it. Its other calls were made within
     // moments of this one, so they end with it, all certain their ops were never applied.
     // Meanwhile a result that arrives still settles the call with it.
-    // One withdrawal per job, shared by its calls: a second LREM would find it gone and say "unknown".
-    let withdrawal = this.withdrawals.get(jobId);
-    if (!withdrawal) {
-      withdrawal = this.withdraw(jobId);
-      this.withdrawals.set(jobId, withdrawal);
-      void withdrawal.finally(() => this.withdrawals.delete(jobId)).catch(() => undefined);
-    }
-    withdrawal.then(
+    this.withdrawOnce(jobId).then(
       (withdrawn) => {
         if (withdrawn) {
           for (const c of this.finish(jobId) ?? []) this.settle(c, timeout(false));
@@ -274,6 +267,17 @@ export class Dispatcher {
     );
   }
 
+  /** Withdraws a job, one attempt per job shared by all who ask: a second LREM would find it gone and say "unknown". */
+  private withdrawOnce(jobId: string): Promise<boolean> {
+    let withdrawal = this.withdrawals.get(jobId);
+    if (!withdrawal) {
+      withdrawal = this.withdraw(jobId);
+      this.withdrawals.set(jobId, withdrawal);
+      void withdrawal.finally(() => this.withdrawals.delete(jobId)).catch(() => undefined);
+    }
+    return withdrawal;
+  }
+
   private settle(call: PendingCall, err: UserOpsError | Error | undefined, value?: unknown): void {
     if (call.settled) return;
     call.settled = true;
@@ -283,15 +287,32 @@ export class Dispatcher {
     else call.resolve(value);
   }
 
-  /** Rejects every unsettled call with `ClientClosedError` and refuses new ones. */
-  close(): void {
+  /**
+   * Refuses new calls and ends every unsettled one with `ClientClosedError`, saying whether its op
+   * can still run. Calls never sent end at once, `applied: false`. Jobs already sent are withdrawn
+   * where no consumer has taken them (`applied: false`: they will never run); the others end with
+   * `applied: 'unknown'`, since a consumer may still apply them. A result that arrives meanwhile
+   * settles its calls as usual.
+   * @param withinMs - how long the withdrawals may take (Redis may be slow or gone)
+   */
+  async close(withinMs: number): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    const err = new ClientClosedError();
-    const stranded = [...this.outbox, ...[...this.inFlight.values()].flatMap((job) => job.calls)];
-    this.outbox.length = 0;
-    this.inFlight.clear();
-    for (const call of stranded) this.settle(call, err);
-    if (stranded.length > 0) this.log.debug({ calls: stranded.length }, 'client closed with calls pending');
+    const unsent = this.outbox.splice(0);
+    for (const call of unsent) this.settle(call, new ClientClosedError());
+    const sent = [...this.inFlight.keys()];
+    let timer: NodeJS.Timeout | undefined;
+    const expired = new Promise<false>((resolve) => {
+      timer = setTimeout(() => resolve(false), withinMs);
+    });
+    const withdrawn = await Promise.all(sent.map((jobId) => Promise.race([this.withdrawOnce(jobId).catch(() => false), expired])));
+    clearTimeout(timer);
+    let stranded = unsent.length;
+    sent.forEach((jobId, i) => {
+      const calls = this.finish(jobId) ?? [];
+      stranded += calls.length;
+      for (const call of calls) this.settle(call, new ClientClosedError(jobId, withdrawn[i] ? false : 'unknown'));
+    });
+    if (stranded > 0) this.log.debug({ calls: stranded }, 'client closed with calls pending');
   }
 }

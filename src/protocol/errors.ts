@@ -201,8 +201,21 @@ export class OverloadedError extends UserOpsError {
 
 /** The client was closed before the call settled, or a call was made after `close()`. */
 export class ClientClosedError extends UserOpsError {
-  constructor() {
-    super(ErrorCode.CLIENT_CLOSED, 'The userops client is closed');
+  /**
+   * @param jobId - the job that carried the call, or `undefined` if it was never sent
+   * @param applied - `false` when the op will never run (never sent, or withdrawn from the queue
+   *   before a consumer took it), otherwise `'unknown'`: a consumer may apply it after the close
+   */
+  constructor(
+    readonly jobId: string | undefined = undefined,
+    readonly applied: AppliedState = false,
+  ) {
+    const where = jobId === undefined ? 'never sent' : `job ${jobId}`;
+    super(
+      ErrorCode.CLIENT_CLOSED,
+      `The userops client is closed (${where}; applied: ${String(applied)})`,
+      jobId === undefined ? { applied } : { jobId, applied },
+    );
   }
 }
 
