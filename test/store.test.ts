@@ -54,7 +54,11 @@ describe('Store', () => {
     assert.equal(updated.email, 'b@example.org');
     assert.equal(updated.fullName, 'Bob B');
     assert.equal(updated.updatedAt, '2026-01-02T00:00:00.000Z');
-    store.createUser({ ...bob, nickname: 'alice' }, 0);
+    assert.equal(updated.createdAt, '2026-01-01T00:00:00.000Z');
+    // Times are formatted through a one-entry memo: each user must still get its own.
+    const alice = store.createUser({ ...bob, nickname: 'alice' }, 0);
+    assert.deepEqual([alice.createdAt, alice.updatedAt], ['1970-01-01T00:00:00.000Z', '1970-01-01T00:00:00.000Z']);
+    assert.deepEqual([store.getUser({ nickname: 'bob' }).createdAt, store.getUser({ nickname: 'bob' }).updatedAt], ['2026-01-01T00:00:00.000Z', '2026-01-02T00:00:00.000Z']);
     assert.deepEqual(store.listUsers({}).map((u) => u.nickname), ['alice', 'bob']);
     assert.deepEqual(store.listUsers({ after: 'alice' }).map((u) => u.nickname), ['bob']);
     assert.deepEqual(store.listUsers({ limit: 1 }).map((u) => u.nickname), ['alice']);
