@@ -4,6 +4,7 @@ import { afterEach, beforeEach, describe, it } from 'node:test';
 import Database from 'better-sqlite3';
 
 import { applyJob, payloadHash } from '../src/consumer/apply.js';
+import { formatIso } from '../src/consumer/iso-time.js';
 import { SCHEMA_VERSION } from '../src/consumer/migrations.js';
 import { ReadOnlyStore, Store } from '../src/consumer/store.js';
 import { UserExistsError, UserNotFoundError, ValidationError } from '../src/protocol/index.js';
@@ -64,6 +65,15 @@ describe('Store', () => {
     assert.deepEqual(store.listUsers({ limit: 1 }).map((u) => u.nickname), ['alice']);
     assert.deepEqual(store.deleteUser({ nickname: 'bob' }), updated);
     assert.equal(store.countUsers(), 1);
+  });
+
+  it('formats times exactly as Date#toISOString does', () => {
+    const check = (ms: number) => assert.equal(formatIso(ms), new Date(ms).toISOString(), `at ${ms}`);
+    // Every day from 1970 to 2300, each at another time of day: leap years, month ends, centuries.
+    for (let day = 0; day < 120_000; day++) check(day * 86_400_000 + ((day * 7_919_993) % 86_400_000));
+    for (const iso of ['2000-02-29T23:59:59.999Z', '2100-03-01T00:00:00.000Z', '9999-12-31T23:59:59.999Z']) check(Date.parse(iso));
+    // Outside four-digit years, or not a whole ms: what V8 says, whatever it says.
+    for (const ms of [-1, 253_402_300_800_000, 1.5]) check(ms);
   });
 
   it('raises typed errors for missing and duplicate users', () => {

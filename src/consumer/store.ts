@@ -8,31 +8,16 @@ import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
 
 import { DEFAULT_LIST_LIMIT, type OpArgs, type OpResult, type User, UserExistsError, UserNotFoundError } from '../protocol/index.js';
+import { formatIso, isoTime } from './iso-time.js';
 import { assertSupported, migrate } from './migrations.js';
 import { sqliteCode } from './sqlite-errors.js';
 
 /** A row of {@link USER_COLUMNS}, in that order. */
 type UserRow = [id: number, nickname: string, fullName: string, email: string, createdAt: number, updatedAt: number];
 
-/** The last time {@link isoTime} formatted, and how. */
-let lastTime = Number.NaN;
-let lastIso = '';
-
-/**
- * An epoch-ms time as ISO-8601. Every create and update in a commit stamps the same `now`, so the
- * last answer is usually the next; formatting a date costs about as much as a savepoint.
- */
-function isoTime(ms: number): string {
-  if (ms !== lastTime) {
-    lastIso = new Date(ms).toISOString();
-    lastTime = ms;
-  }
-  return lastIso;
-}
-
 function toUser([id, nickname, fullName, email, createdAt, updatedAt]: UserRow): User {
   const updated = isoTime(updatedAt);
-  return { id, nickname, fullName, email, createdAt: createdAt === updatedAt ? updated : new Date(createdAt).toISOString(), updatedAt: updated };
+  return { id, nickname, fullName, email, createdAt: createdAt === updatedAt ? updated : formatIso(createdAt), updatedAt: updated };
 }
 
 const USER_COLUMNS = 'id, nickname, full_name, email, created_at, updated_at';
