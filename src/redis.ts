@@ -61,21 +61,25 @@ export class RedisConnections {
   private closing = false;
   private readonly clients: Redis[] = [];
   private readonly lastErrors = new WeakMap<Redis, Error>();
+  private readonly target: RedisTarget;
+  private readonly reportOutages: boolean;
 
   /**
    * @param url - the Redis URL; never logged without {@link redactUrl}
-   * @param logger - connection errors are logged here, once per outage
+   * @param logger - connection errors are logged here, once per outage and connection
+   * @param options - `reportOutages: false` when the owner reports outages itself (the consumer,
+   *   see consumer/redis-watch.ts): each connection's are then logged at debug only
    */
-  private readonly target: RedisTarget;
-
   constructor(
     readonly url: string,
     private readonly logger: Logger,
+    options: { reportOutages?: boolean } = {},
   ) {
     const target = parseRedisUrl(url);
     // Options are validated before they get here; this is a programming error, not a user's.
     if (typeof target === 'string') throw new TypeError(`invalid Redis URL ${redactUrl(url)}: ${target}`);
     this.target = target;
+    this.reportOutages = options.reportOutages ?? true;
   }
 
   /** Opens a connection for `role`. */
@@ -95,11 +99,11 @@ export class RedisConnections {
     let down = false;
     client.on('error', (err: Error) => {
       this.lastErrors.set(client, err);
-      if (!down && !this.closing) this.logger.warn({ err, ...where }, 'Redis connection error');
+      if (!down && !this.closing) this.logger[this.reportOutages ? 'warn' : 'debug']({ err, ...where }, 'Redis connection error');
       down = true;
     });
     client.on('ready', () => {
-      if (down) this.logger.info(where, 'Redis connection restored');
+      if (down) this.logger[this.reportOutages ? 'info' : 'debug'](where, 'Redis connection restored');
       down = false;
     });
     this.clients.push(client);

@@ -8,10 +8,11 @@ import { pino } from 'pino';
 
 import { applyJobs, payloadHash } from '../src/consumer/apply.js';
 import { UserOpsConsumer } from '../src/consumer/index.js';
+import { RedisWatch } from '../src/consumer/redis-watch.js';
 import { Store } from '../src/consumer/store.js';
 import { RedisUnavailableError } from '../src/index.js';
 import type { Teardown } from './helpers/fixtures.js';
-import { newClient, plainQueue, recordJobs, redisSuite, startConsumer, tempDb, until } from './helpers/fixtures.js';
+import { capturedLog, newClient, plainQueue, recordJobs, redisSuite, startConsumer, tempDb, until } from './helpers/fixtures.js';
 import { freePort, TestRedis } from './helpers/redis-server.js';
 
 const suite = redisSuite();
@@ -269,6 +270,42 @@ describe('consumer', () => {
     });
     await consumer.close();
     await consumer.close();
+  });
+
+  it('waits for an unreachable Redis with one warning, not an error per retry, and says when it is back', async () => {
+    const password = 'watch-secret';
+    const own = t.add(await TestRedis.start(['--requirepass', password]), (r) => r.stop());
+    await own.kill();
+    const db = t.add(tempDb(), (d) => d.cleanup());
+    const { log, lines } = capturedLog();
+    const consumer = t.add(new UserOpsConsumer({ redisUrl: `redis://:${password}@127.0.0.1:${own.port}`, queue, dbPath: db.dbPath, logger: log }), (c) => c.close());
+    const started = consumer.start();
+    // Each reconnect attempt is refused on each of the worker's connections: wait for a few rounds.
+    const refused = () => lines.filter((l) => (l.err as { code?: string } | undefined)?.code === 'ECONNREFUSED');
+    await until('a few refused reconnects', () => refused().length >= 6);
+    assert.deepEqual(refused().filter((l) => (l.level as number) >= 50), [], 'a refused connection is no error of its own');
+    const where = `redis://:***@127.0.0.1:${own.port}`;
+    const waiting = lines.filter((l) => l.msg === `waiting for Redis at ${where}`);
+    assert.ok(waiting.length >= 1 && waiting.length < refused().length, 'said once, not per retry');
+    assert.equal(waiting[0]?.level, 40);
+    assert.equal(waiting[0]?.reason, `connect ECONNREFUSED 127.0.0.1:${own.port}`);
+    await own.restart();
+    await started;
+    await until('the consumer to say Redis is back', () => lines.some((l) => l.msg === `Redis reachable again at ${where}` && l.level === 30));
+    assert.ok(!JSON.stringify(lines).includes(password), 'the password is never logged');
+  });
+
+  it('tells connection errors, which the outage line reports, from genuine worker errors', async () => {
+    const connection = t.add(new Redis(redis.url, { maxRetriesPerRequest: null }), (c) => c.disconnect());
+    const watch = t.add(new RedisWatch(connection, redis.url, capturedLog().log), (w) => w.stop());
+    await until('the connection to be ready', () => connection.status === 'ready');
+    const refused = Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:1'), { code: 'ECONNREFUSED', syscall: 'connect' });
+    assert.equal(watch.isOutageNoise(refused), true);
+    assert.equal(watch.isOutageNoise(new Error('Connection is closed.')), true);
+    assert.equal(watch.isOutageNoise(new Error('Missing lock for job 1. moveToFinished')), false);
+    connection.disconnect();
+    await until('the connection to end', () => connection.status === 'end');
+    assert.equal(watch.isOutageNoise(new Error('Missing lock for job 1. moveToFinished')), true, 'while disconnected, every error echoes the outage');
   });
 
   it('closes within seconds when Redis has died', async () => {

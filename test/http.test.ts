@@ -103,8 +103,10 @@ describe('consumer HTTP server', () => {
     const waiting = await getJson(`${base}/readyz`);
     assert.equal(waiting.status, 503);
     assert.equal(waiting.body.consumer, 'starting');
+    assert.equal(waiting.body.role, 'starting', 'not a standby before it has asked for the writer role');
     assert.deepEqual(waiting.body.failing, ['consumer', 'redis']);
     assert.match(String(waiting.body.redis), /^unreachable \(/);
+    assert.match(String(waiting.body.sqlite), /^not created yet: waiting for Redis/, 'a new database is created once the queue says it may be');
     assert.equal((await getJson(`${base}/healthz`)).status, 200);
     await own.restart();
     await started;
@@ -159,6 +161,15 @@ describe('consumer HTTP server', () => {
     assert.equal(m.get('userops_queue_jobs{state="waiting"}'), 0);
     assert.equal(m.get('userops_writer'), 1);
     assert.ok((m.get('process_cpu_seconds_total') ?? 0) > 0, "prom-client's process metrics");
+
+    // A job another service added with a priority waits in a state of its own; the queue is
+    // paused so that the consumer leaves it there to be counted.
+    const other = plainQueue(t, redis.url, queue);
+    await other.pause();
+    await other.add('x', { v: 1, ops: [{ op: 'user.get', args: { nickname: 'a' } }] }, { priority: 5 });
+    const paused = await scrape(base);
+    assert.equal(paused.get('userops_queue_jobs{state="prioritized"}'), 1);
+    assert.equal(paused.get('userops_queue_jobs{state="waiting"}'), 0);
   });
 
   it('keeps the counts of two consumers in one process apart', async () => {

@@ -1,7 +1,9 @@
 import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { beforeEach, describe, it } from 'node:test';
 
-import { UserOpsConsumer } from '../src/consumer/index.js';
+import { Store, UserOpsConsumer } from '../src/consumer/index.js';
 import { ConfigError } from '../src/index.js';
 import { spawnConsumer } from './helpers/cli.js';
 import type { Teardown } from './helpers/fixtures.js';
@@ -88,12 +90,25 @@ describe('one writer per queue', () => {
     const one = t.add(tempDb(), (d) => d.cleanup());
     const other = t.add(tempDb(), (d) => d.cleanup());
     const a = await startConsumer(t, { redisUrl: redis.url, queue, dbPath: one.dbPath });
+    const theirs = a.database?.dbId as string;
+    // Another database that exists: refused, and left as it was.
+    new Store(other.dbPath).close();
     const b = t.add(new UserOpsConsumer({ redisUrl: redis.url, queue, dbPath: other.dbPath }), (c) => c.close());
     await assert.rejects(b.start(), (err: unknown) => {
       assert.ok(err instanceof ConfigError);
-      assert.match(err.message, new RegExp(`Queue ${queue} is served from database ${a.database?.dbId}, but ${other.dbPath} is database`));
+      assert.match(err.message, new RegExp(`Queue ${queue} is served from database ${theirs}, but ${other.dbPath} is database`));
       return true;
     });
+    assert.ok(existsSync(other.dbPath), 'a refused database that existed is kept');
+    // A database not created yet: refused without creating it, or its folder.
+    const fresh = join(other.dir, 'new', 'userops.db');
+    const c = t.add(new UserOpsConsumer({ redisUrl: redis.url, queue, dbPath: fresh }), (x) => x.close());
+    await assert.rejects(c.start(), (err: unknown) => {
+      assert.ok(err instanceof ConfigError);
+      assert.match(err.message, new RegExp(`Queue ${queue} is served from database ${theirs}, but ${fresh} does not exist`));
+      return true;
+    });
+    assert.ok(!existsSync(dirname(fresh)), 'refusing left no new file behind');
     // The same file, reopened (or a backup of it), is welcome.
     await a.close();
     const again = await startConsumer(t, { redisUrl: redis.url, queue, dbPath: one.dbPath });

@@ -3,25 +3,28 @@
  * the queue in order and commits them in groups (see group-commit.ts).
  */
 import { randomUUID } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 import { Queue, Worker } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { type Logger, pino } from 'pino';
 
-import { coerceError, ConfigError, type JobResults, RedisUnavailableError } from '../protocol/index.js';
+import { coerceError, type JobResults, RedisUnavailableError } from '../protocol/index.js';
 import { queueOptions, RedisConnections, redactUrl, settleWithin, userOpsKey, withDeadline } from '../redis.js';
 import { BackgroundCheckpointer } from './checkpointer.js';
+import { bindDatabase, newDatabaseRefusal, queueDatabaseId } from './db-identity.js';
 import { type ConsumerOptions, type ResolvedConsumerOptions, resolveConsumerOptions } from './options.js';
 import { backoffMs, GroupCommitter } from './group-commit.js';
-import { checkReadiness, type ConsumerState, type Readiness } from './health.js';
+import { checkReadiness, type ConsumerRole, type ConsumerState, type Readiness } from './health.js';
 import { DASHBOARD_PATH, HttpServer } from './http-server.js';
 import { LedgerPruner } from './ledger-pruner.js';
 import { ConsumerMetrics } from './metrics.js';
+import { RedisWatch } from './redis-watch.js';
 import { ReplySender } from './replies.js';
 import { isTransientSqliteError, sqliteCode } from './sqlite-errors.js';
 import { Store } from './store.js';
-import { leaseOwner, WriterLease, type WriterRole } from './writer-lease.js';
+import { leaseOwner, WriterLease } from './writer-lease.js';
 
 /** Completed jobs stay readable this long, so a client that missed the event can still look. */
 const KEEP_COMPLETED = { age: 3600, count: 10_000 };
@@ -45,6 +48,8 @@ export class UserOpsConsumer {
   private checkpointer?: BackgroundCheckpointer;
   private redis?: RedisConnections;
   private connection?: Redis;
+  /** Reports outages of `connection`, once each, instead of an error per reconnect attempt. */
+  private watch?: RedisWatch;
   private worker?: Worker<unknown, JobResults>;
   /** Fail-fast connection for probes, scrapes and the dashboard, which must not queue behind an outage. */
   private commands?: Redis;
@@ -53,6 +58,8 @@ export class UserOpsConsumer {
   private http?: HttpServer;
   /** Why the database could not be opened, while the consumer waits for it. */
   private storeError?: string | undefined;
+  /** Why the database is not created yet, while the consumer asks Redis first. */
+  private storePending?: string | undefined;
   /** The lock owner of every job this consumer takes. */
   private readonly token = randomUUID();
   private loopDone?: Promise<void>;
@@ -75,8 +82,12 @@ export class UserOpsConsumer {
     this.metrics = new ConsumerMetrics({ role: () => this.role, store: () => this.store, queue: () => this.queue });
   }
 
-  /** `writer` while this consumer holds the queue's writer lease, else `standby`. */
-  get role(): WriterRole {
+  /**
+   * `writer` while this consumer holds the queue's writer lease, `standby` while it does not, and
+   * `starting` until its first request for the lease has been answered.
+   */
+  get role(): ConsumerRole {
+    if (!this.lease?.answered) return 'starting';
     return this.isWriter() ? 'writer' : 'standby';
   }
 
@@ -96,7 +107,15 @@ export class UserOpsConsumer {
   /** Whether this consumer can serve now, part by part; what `/readyz` answers. Never throws. */
   readiness(): Promise<Readiness> {
     const redisError = this.commands && this.redis?.lastError(this.commands);
-    return checkReadiness({ state: this.state, role: this.role, redis: this.commands, redisError, store: this.store, storageProblem: this.storeError ?? this.committer?.storageProblem });
+    return checkReadiness({
+      state: this.state,
+      role: this.role,
+      redis: this.commands,
+      redisError,
+      store: this.store,
+      storageProblem: this.storeError ?? this.committer?.storageProblem,
+      storagePending: this.storePending,
+    });
   }
 
   /** Opens SQLite, connects to Redis and starts taking jobs. Resolves when the worker is ready. */
@@ -120,14 +139,24 @@ export class UserOpsConsumer {
       },
       'consumer starting',
     );
-    this.redis = new RedisConnections(o.redisUrl, this.log);
+    this.redis = new RedisConnections(o.redisUrl, this.log, { reportOutages: false });
     this.connection = this.redis.open('blocking');
-    this.commands = this.redis.open('command');
-    const queueOpts = queueOptions(o.redisUrl, o.queue, this.commands);
+    this.watch = new RedisWatch(this.connection, o.redisUrl, this.log);
+    const commands = this.redis.open('command');
+    this.commands = commands;
+    const queueOpts = queueOptions(o.redisUrl, o.queue, commands);
     this.queue = new Queue(o.queue, queueOpts);
     this.queue.on('error', (err) => this.log.debug({ err }, 'queue reader error'));
     // Up before the database and Redis are waited for, so a consumer stuck waiting says so on /readyz.
     if (o.http) await this.startHttp(o.http, this.queue);
+    // Asked before the file is created, so that a refusal leaves no new file behind (db-identity.ts).
+    if (!existsSync(o.dbPath)) {
+      this.storePending = 'not created yet: waiting for Redis to tell which database the queue is served from';
+      const theirs = await this.waitForRedis(this.queue.waitUntilReady().then(() => queueDatabaseId(commands, o)));
+      this.storePending = undefined;
+      if (this.state !== 'starting') return; // closed while starting
+      if (theirs !== null) await this.refuse(newDatabaseRefusal(o, theirs));
+    }
     this.store = await this.openStore();
     if (!this.store) return; // closed while waiting for the database
     this.checkpointer = new BackgroundCheckpointer(o.dbPath, this.log);
@@ -148,11 +177,16 @@ export class UserOpsConsumer {
       removeOnFail: KEEP_FAILED,
     });
     this.worker = worker;
-    worker.on('error', (err) => this.log.error({ err }, 'worker error'));
+    // BullMQ forwards every connection error of every connection it holds, at each reconnect
+    // attempt: those are the watch's to report, once per outage. Anything else is a real problem.
+    worker.on('error', (err) =>
+      this.watch?.isOutageNoise(err) ? this.log.debug({ err }, 'worker error while Redis is unreachable') : this.log.error({ err }, 'worker error'),
+    );
     worker.on('stalled', (jobId) => this.log.warn({ jobId }, 'job stalled; it will be re-delivered'));
     await this.waitForRedis(Promise.all([worker.waitUntilReady(), this.queue.waitUntilReady()]));
     if (this.state !== 'starting') return; // closed while starting
-    await this.checkDatabaseIdentity(this.connection, this.store);
+    const refusal = await bindDatabase(this.connection, o, this.store.dbId);
+    if (refusal) await this.refuse(refusal);
     this.lease = new WriterLease(this.connection, userOpsKey(o.redisUrl, o.queue, 'writer'), leaseOwner(this.token), o.writerLeaseMs, this.log, (role) =>
       role === 'writer'
         ? this.log.info('writer role taken: applying jobs')
@@ -214,33 +248,21 @@ export class UserOpsConsumer {
     }
   }
 
-  private async waitForRedis(ready: Promise<unknown>): Promise<void> {
+  /** Waits for `ready` at most `startTimeoutMs`; else closes and throws `RedisUnavailableError`. */
+  private async waitForRedis<T>(ready: Promise<T>): Promise<T> {
     const { startTimeoutMs, redisUrl } = this.options;
     try {
-      await withDeadline(ready, startTimeoutMs, () => new RedisUnavailableError(redactUrl(redisUrl)));
+      return await withDeadline(ready, startTimeoutMs, () => new RedisUnavailableError(redactUrl(redisUrl)));
     } catch (err) {
       await this.close();
       throw err instanceof RedisUnavailableError ? err : new RedisUnavailableError(redactUrl(redisUrl), err);
     }
   }
 
-  /**
-   * Refuses to serve a queue that was served from another database file: two files written from
-   * one queue would each hold half of the users.
-   */
-  private async checkDatabaseIdentity(redis: Redis, store: Store): Promise<void> {
-    const key = userOpsKey(this.options.redisUrl, this.options.queue, 'db');
-    const mine = store.dbId;
-    if ((await redis.set(key, mine, 'NX')) === 'OK') return;
-    const theirs = await redis.get(key);
-    if (theirs === mine) return;
+  /** Refuses to serve the queue (see db-identity.ts): closes, then throws `refusal`. */
+  private async refuse(refusal: Error): Promise<never> {
     await this.close();
-    throw new ConfigError(
-      [{ path: 'USEROPS_DB', message: `database ${mine} is not the queue's database ${String(theirs)}` }],
-      `Queue ${this.options.queue} is served from database ${String(theirs)}, but ${this.options.dbPath} is database ${mine}. ` +
-        `Point USEROPS_DB at that database (or a backup of it), or use another queue. If the old database is gone for good, ` +
-        `delete the Redis key ${key} to serve the queue from this one.`,
-    );
+    throw refusal;
   }
 
   /** The single writer: take a group, commit it, acknowledge it; until closed. */
@@ -283,6 +305,8 @@ export class UserOpsConsumer {
   private async doClose(): Promise<void> {
     this.state = 'closing';
     this.stopping.abort();
+    // From here a connection that drops is being closed, not waited for.
+    this.watch?.stop();
     // No new prune from here on; one in progress stops after its chunk.
     const pruned = this.pruner?.close();
     // With Redis up, let the group in hand commit and be acknowledged (reconnecting through a

@@ -12,6 +12,12 @@ import type { WriterRole } from './writer-lease.js';
 /** Where a consumer is in its lifecycle. */
 export type ConsumerState = 'new' | 'starting' | 'running' | 'closing' | 'closed';
 
+/**
+ * What a consumer is to its queue: its {@link WriterRole} once it has asked for the writer lease,
+ * `starting` before: a consumer still waiting for Redis or its database could not take over yet.
+ */
+export type ConsumerRole = WriterRole | 'starting';
+
 /** A PING slower than this counts as Redis being unreachable: probes run every few seconds. */
 const PING_DEADLINE_MS = 1000;
 
@@ -19,8 +25,11 @@ const PING_DEADLINE_MS = 1000;
 export interface Readiness {
   /** True when every part is fine: the consumer can apply jobs, or take over as writer. */
   ready: boolean;
-  /** `writer` applies jobs; `standby` is ready to take over when the writer goes. */
-  role: WriterRole;
+  /**
+   * `writer` applies jobs; `standby` is ready to take over when the writer goes; `starting` has not
+   * asked for the writer lease yet.
+   */
+  role: ConsumerRole;
   /** `running` when ready; else the lifecycle state. */
   consumer: ConsumerState;
   /** `ok`, or why a PING failed. */
@@ -34,7 +43,7 @@ export interface Readiness {
 /** What readiness is judged from. */
 export interface ReadinessProbe {
   state: ConsumerState;
-  role: WriterRole;
+  role: ConsumerRole;
   /** A fail-fast connection (no offline queue), so a PING to a dead Redis fails at once. */
   redis: Redis | undefined;
   /** The connection's last error (ECONNREFUSED, WRONGPASS...): says more than a failed PING. */
@@ -42,16 +51,18 @@ export interface ReadinessProbe {
   store: Store | undefined;
   /** Why the database cannot be used now: not open yet, or commits failing and being retried. */
   storageProblem?: string | undefined;
+  /** Why the database is not open yet though nothing is wrong with it: reported, but not as failing. */
+  storagePending?: string | undefined;
 }
 
 /** Checks each part; never throws. */
 export async function checkReadiness(probe: ReadinessProbe): Promise<Readiness> {
   const redis = await pingRedis(probe.redis, probe.redisError);
-  const sqlite = checkSqlite(probe.store, probe.storageProblem);
+  const sqlite = probe.storagePending ?? checkSqlite(probe.store, probe.storageProblem);
   const failing: Readiness['failing'] = [];
   if (probe.state !== 'running') failing.push('consumer');
   if (redis !== 'ok') failing.push('redis');
-  if (sqlite !== 'ok' && sqlite !== 'busy') failing.push('sqlite');
+  if (!probe.storagePending && sqlite !== 'ok' && sqlite !== 'busy') failing.push('sqlite');
   return { ready: failing.length === 0, role: probe.role, consumer: probe.state, redis, sqlite, failing };
 }
 

@@ -11,7 +11,7 @@
  */
 export { UserOpsConsumer } from './consumer.js';
 export type { ConsumerOptions } from './options.js';
-export type { ConsumerState, Readiness } from './health.js';
+export type { ConsumerRole, ConsumerState, Readiness } from './health.js';
 export type { ConsumerMetrics } from './metrics.js';
 export { Store } from './store.js';
 export { SCHEMA_VERSION } from './migrations.js';

@@ -11,11 +11,14 @@ import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom
 
 import { OP_NAMES, type OpResult } from '../protocol/index.js';
 import { withDeadline } from '../redis.js';
+import type { ConsumerRole } from './health.js';
 import type { Store } from './store.js';
-import type { WriterRole } from './writer-lease.js';
 
-/** Queue states reported by `userops_queue_jobs`. */
-export const QUEUE_STATES = ['waiting', 'active', 'delayed', 'failed'] as const;
+/**
+ * Queue states reported by `userops_queue_jobs`. BullMQ keeps jobs added with a priority apart from
+ * `waiting`, in `prioritized`, until they are taken: a backlog is the two together.
+ */
+export const QUEUE_STATES = ['waiting', 'prioritized', 'active', 'delayed', 'failed'] as const;
 
 /** A scrape must not hang on a dead Redis: queue counts are given up after this long. */
 const QUEUE_COUNT_DEADLINE_MS = 1000;
@@ -28,7 +31,7 @@ export type JobOutcome = 'applied' | 'replayed' | 'failed' | 'malformed';
 
 /** What the scrape-time gauges read from the consumer. */
 export interface MetricsSources {
-  role(): WriterRole;
+  role(): ConsumerRole;
   store(): Store | undefined;
   queue(): Queue | undefined;
 }
@@ -110,7 +113,7 @@ export class ConsumerMetrics {
     });
     new Gauge({
       name: 'userops_writer',
-      help: '1 while this consumer holds the writer role, 0 while it stands by.',
+      help: '1 while this consumer holds the writer role, else 0 (standing by, or starting).',
       registers,
       collect() {
         this.set(sources.role() === 'writer' ? 1 : 0);

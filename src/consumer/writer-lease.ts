@@ -57,6 +57,7 @@ export class WriterLease {
   private validUntil = 0;
   private timer?: NodeJS.Timeout;
   private stopped = false;
+  private firstAnswered = false;
 
   /**
    * @param key - the lease key, in the queue's own key space
@@ -71,6 +72,14 @@ export class WriterLease {
     private readonly log: Logger,
     private readonly onChange: (role: WriterRole) => void,
   ) {}
+
+  /**
+   * False until the first request for the lease has come back (taken, held by another, or no
+   * answer from Redis): until then the consumer is neither the writer nor a standby.
+   */
+  get answered(): boolean {
+    return this.firstAnswered;
+  }
 
   /** True while the lease is ours by our own clock, with a margin for the renew in flight. */
   held(): boolean {
@@ -97,6 +106,7 @@ export class WriterLease {
       this.log.debug({ err }, 'writer lease: Redis did not answer');
       // Keep our clock's view: it expires on its own if Redis stays away.
     }
+    this.firstAnswered = true;
     if (first || this.held() !== wasHeld) this.onChange(this.held() ? 'writer' : 'standby');
     if (!this.stopped) {
       this.timer = setTimeout(() => void this.tick(false), Math.floor(this.ttlMs / 3));

@@ -1,0 +1,89 @@
+/**
+ * What the consumer says while Redis is unreachable: one warning naming what it waits for, a
+ * reminder now and then, and one line when Redis is back. Left to the connections, an outage
+ * logged an error with a stack trace per reconnect attempt and per connection, about two a second,
+ * without ever saying what the consumer was waiting for.
+ */
+import type { Redis } from 'ioredis';
+import type { Logger } from 'pino';
+
+import { redactUrl } from '../redis.js';
+
+/**
+ * How often an outage that goes on is reported again. Once per outage scrolls out of view (or out of
+ * a `logs --since` window) in an outage of hours; once per reconnect attempt buries everything
+ * else. Two lines a minute keep the reason in any recent window of the log.
+ */
+const REMIND_EVERY_MS = 30_000;
+
+/** What ioredis fails commands with on a connection that has closed. */
+const CONNECTION_CLOSED = 'Connection is closed.';
+
+/**
+ * Whether `err` says a connection to Redis failed or closed, rather than that something went wrong
+ * in a command or the worker: Node's socket and DNS errors name the system call that failed.
+ */
+export function isConnectionError(err: unknown): boolean {
+  const e = err as { syscall?: unknown; message?: unknown } | null | undefined;
+  return typeof e?.syscall === 'string' || e?.message === CONNECTION_CLOSED;
+}
+
+/** Watches one connection and reports its outages; `stop()` before closing the connection. */
+export class RedisWatch {
+  private readonly where: string;
+  private downSince?: number;
+  private reason = '';
+  private reminder?: NodeJS.Timeout;
+
+  /**
+   * @param client - the connection whose outages stand for the consumer's: the worker's own
+   * @param url - the Redis URL, logged with its password redacted
+   */
+  constructor(
+    private readonly client: Redis,
+    url: string,
+    private readonly log: Logger,
+  ) {
+    this.where = redactUrl(url);
+    client.on('error', this.onError);
+    client.on('ready', this.onReady);
+  }
+
+  /**
+   * Whether a worker error is an echo of an outage this watch reports, to be logged at debug only.
+   * BullMQ forwards every error of each of its connections, and a copy of ours may notice a
+   * failure before ours does, so a connection error counts whatever our connection's state.
+   */
+  isOutageNoise(err: unknown): boolean {
+    return this.client.status !== 'ready' || isConnectionError(err);
+  }
+
+  /** Stops watching: errors of a connection being closed are no outage. Idempotent. */
+  stop(): void {
+    this.client.off('error', this.onError);
+    this.client.off('ready', this.onReady);
+    clearInterval(this.reminder);
+  }
+
+  private readonly onError = (err: Error): void => {
+    this.reason = err.message;
+    if (this.downSince !== undefined) return;
+    this.downSince = Date.now();
+    this.report();
+    this.reminder = setInterval(() => this.report(), REMIND_EVERY_MS);
+    this.reminder.unref();
+  };
+
+  private readonly onReady = (): void => {
+    if (this.downSince === undefined) return;
+    clearInterval(this.reminder);
+    this.log.info({ redis: this.where, downForMs: Date.now() - this.downSince }, `Redis reachable again at ${this.where}`);
+    this.downSince = undefined;
+  };
+
+  private report(): void {
+    // The reason alone, without the stack: where a socket failed says nothing worth its lines.
+    const downForMs = Date.now() - (this.downSince ?? Date.now());
+    this.log.warn({ redis: this.where, reason: this.reason, downForMs }, `waiting for Redis at ${this.where}`);
+  }
+}
