@@ -73,9 +73,27 @@ const envSchema = z.object({
 
 type Env = z.output<typeof envSchema>;
 
+/**
+ * Parses and checks every variable, for every command: a value that stops the consumer stops a
+ * client command too, so a shared environment file is found wrong by whichever runs first.
+ */
 function readEnv(env: NodeJS.ProcessEnv): Env {
   const subset = Object.fromEntries(Object.keys(envSchema.shape).map((k) => [k, env[k]]));
-  return parseWith(envSchema, subset, 'environment', 'config');
+  const e = parseWith(envSchema, subset, 'environment', 'config');
+  checkCombinations(e);
+  return e;
+}
+
+/** The checks that span variables, which a schema of one variable at a time cannot make. */
+function checkCombinations(e: Env): void {
+  const { USEROPS_DASHBOARD_USER: user, USEROPS_DASHBOARD_PASSWORD: password } = e;
+  const fail = (path: string, message: string): never => {
+    throw new ConfigError([{ path, message }], `Invalid environment: ${path}: ${message}`);
+  };
+  if (e.USEROPS_DASHBOARD && e.USEROPS_HTTP_PORT === 0) fail('USEROPS_DASHBOARD', 'needs the HTTP server, but USEROPS_HTTP_PORT is 0 (off)');
+  // Half a pair of credentials is a mistake, not a wish for an open dashboard.
+  if (user !== undefined && password === undefined) fail('USEROPS_DASHBOARD_PASSWORD', 'must be set when USEROPS_DASHBOARD_USER is');
+  if (password !== undefined && user === undefined) fail('USEROPS_DASHBOARD_USER', 'must be set when USEROPS_DASHBOARD_PASSWORD is');
 }
 
 /** What `userops consumer` runs with. */
@@ -117,13 +135,6 @@ export function consumerConfig(env: NodeJS.ProcessEnv = process.env): ConsumerCo
 function httpConfig(e: Env): HttpConfig | undefined {
   const port = e.USEROPS_HTTP_PORT ?? DEFAULT_HTTP_PORT;
   const { USEROPS_DASHBOARD_USER: user, USEROPS_DASHBOARD_PASSWORD: password } = e;
-  const fail = (path: string, message: string): never => {
-    throw new ConfigError([{ path, message }], `Invalid environment: ${path}: ${message}`);
-  };
-  if (e.USEROPS_DASHBOARD && port === 0) fail('USEROPS_DASHBOARD', 'needs the HTTP server, but USEROPS_HTTP_PORT is 0 (off)');
-  // Half a pair of credentials is a mistake, not a wish for an open dashboard.
-  if (user !== undefined && password === undefined) fail('USEROPS_DASHBOARD_PASSWORD', 'must be set when USEROPS_DASHBOARD_USER is');
-  if (password !== undefined && user === undefined) fail('USEROPS_DASHBOARD_USER', 'must be set when USEROPS_DASHBOARD_PASSWORD is');
   if (port === 0) return undefined;
   const http: HttpConfig = { port, host: e.USEROPS_HTTP_HOST ?? DEFAULT_HTTP_HOST };
   if (e.USEROPS_DASHBOARD) http.dashboard = user !== undefined && password !== undefined ? { auth: { user, password } } : {};

@@ -49,9 +49,9 @@ function parseHosts(list: string, defaultPort: number): HostPort[] | string {
   for (const item of list.split(',')) {
     // host, host:port, [v6], [v6]:port
     const m = /^(\[[^\]]+\]|[^:[\]]+)(?::(\d{1,5}))?$/.exec(item.trim());
-    if (!m?.[1]) return `expected host:port in a comma-separated list, got "${item}"`;
+    if (!m?.[1]) return `expected host:port in a comma-separated list, not "${item}"`;
     const port = m[2] === undefined ? defaultPort : Number(m[2]);
-    if (port < 1 || port > 65535) return `expected a port from 1 to 65535, got ${port}`;
+    if (port < 1 || port > 65535) return `expected a port from 1 to 65535, not ${port}`;
     hosts.push({ host: m[1].replace(/^\[|\]$/g, ''), port });
   }
   return hosts;
@@ -66,12 +66,14 @@ function decode(part: string | undefined): string | undefined {
   }
 }
 
-/** Parses `url`; returns the target, or a message saying what is wrong with it. */
+/**
+ * Parses `url`; returns the target, or a message saying what is wrong with it. The message names
+ * the part at fault but not the whole URL, which the caller shows (redacted) after it.
+ */
 export function parseRedisUrl(url: string): RedisTarget | string {
   const scheme = /^([A-Za-z][A-Za-z0-9+.-]*):\/\//.exec(url)?.[1];
   if (scheme === undefined || !SCHEMES.includes(scheme)) {
-    const got = scheme === undefined ? 'no scheme' : `${scheme}://`;
-    return `expected the scheme redis:// or rediss:// (or redis+cluster://, redis+sentinel://), got ${got}`;
+    return 'expected the scheme redis:// or rediss:// (or redis+cluster://, redis+sentinel://)';
   }
   const m = FORM.exec(url);
   if (!m) return USAGE;
@@ -88,7 +90,7 @@ export function parseRedisUrl(url: string): RedisTarget | string {
     const hosts = parseHosts(hostList, DEFAULT_PORT.standalone);
     if (typeof hosts === 'string') return hosts;
     const db = path.replace(/^\//, '');
-    if (db !== '' && !/^\d{1,2}$/.test(db)) return `expected a database number after the host, got /${db}`;
+    if (db !== '' && !/^\d{1,2}$/.test(db)) return `expected a database number after the host, not /${db}`;
     return { mode: 'standalone', url };
   }
 
@@ -96,12 +98,12 @@ export function parseRedisUrl(url: string): RedisTarget | string {
   if (typeof hosts === 'string') return hosts;
   if (kind === 'cluster') {
     // Cluster has no databases but 0: a path would be ignored, so refuse it rather than surprise.
-    if (path !== '' && path !== '/') return `a cluster URL takes no path, got ${path}`;
+    if (path !== '' && path !== '/') return `a cluster URL takes no path such as ${path}`;
     return { mode: 'cluster', nodes: hosts, tls, ...creds };
   }
   const [name, db = '0', ...more] = path.replace(/^\//, '').split('/');
   if (!name) return 'expected the master name after the Sentinels, as in redis+sentinel://host:26379/mymaster';
-  if (more.length > 0 || !/^\d{1,2}$/.test(db)) return `expected /<master name>[/db] after the Sentinels, got ${path}`;
+  if (more.length > 0 || !/^\d{1,2}$/.test(db)) return `expected /<master name>[/db] after the Sentinels, not ${path}`;
   const params = new URLSearchParams(query);
   const unknown = [...params.keys()].filter((k) => k !== 'sentinelUsername' && k !== 'sentinelPassword');
   if (unknown.length > 0) return `unknown parameter(s) ${unknown.join(', ')}; expected sentinelUsername, sentinelPassword`;

@@ -146,10 +146,10 @@ describe('userops failed and retry', () => {
 
     const both = await runCli(['retry', 'x', '--all'], env);
     assert.equal(both.code, 2);
-    assert.match(both.stderr, /^error: give a job id or --all \(one of the two\)\n/);
+    assert.equal(both.stderr, "userops: give a job id or --all (one of the two) (run 'userops retry --help' for usage)\n");
     const limit = await runCli(['failed', '--limit', '1001'], env);
     assert.equal(limit.code, 2);
-    assert.match(limit.stderr, /^error: option '--limit <n>' argument '1001' is invalid\. expected a whole number from 1 to 1000, got "1001"\n/);
+    assert.match(limit.stderr, /^userops: option '--limit <n>' argument '1001' is invalid\. expected a whole number from 1 to 1000, got "1001" \(run 'userops failed --help' for usage\)\n$/);
   });
 
   it('applies a job that failed for being too large once the limit is raised', async () => {

@@ -4,8 +4,8 @@ import { after, afterEach, before, beforeEach, describe, it } from 'node:test';
 import { pino } from 'pino';
 
 import { isPortOpen, startPrivateRedis } from '../src/consumer/private-redis.js';
-import { runCli, spawnConsumer, startCliConsumer } from './helpers/cli.js';
-import { newClient, plainQueue, queueName, Teardown, tempDb } from './helpers/fixtures.js';
+import { runCli, spawnCli, spawnConsumer, startCliConsumer } from './helpers/cli.js';
+import { newClient, plainQueue, queueName, Teardown, tempDb, until } from './helpers/fixtures.js';
 import { freePort, TestRedis } from './helpers/redis-server.js';
 
 let redis: TestRedis;
@@ -54,6 +54,19 @@ describe('userops CLI', () => {
     assert.equal(missing.stderr, "userops: USER_NOT_FOUND: User bob doesn't exist\n");
   });
 
+  it('interrupted, takes its job back and says the op will never run', async () => {
+    // No consumer: the job waits in the queue until Ctrl-C.
+    const probe = plainQueue(t, redis.url, env.USEROPS_QUEUE as string);
+    const { child, result } = spawnCli(['create', '--nickname', 'bob', '--full-name', 'Bob B', '--email', 'bob@example.com'], env);
+    await until('the job is waiting', async () => (await probe.getWaitingCount()) === 1);
+    child.kill('SIGINT');
+    const { code, stdout, stderr } = await result;
+    assert.equal(code, 130);
+    assert.equal(stdout, '');
+    assert.match(stderr, /^userops: CLIENT_CLOSED: The userops client is closed \(job [\w-]+; applied: false\)\n$/);
+    assert.equal(await probe.getWaitingCount(), 0, 'the job was withdrawn');
+  });
+
   it('rejects bad input and bad usage without a stack trace', async () => {
     const invalid = await runCli(['create', '--nickname', 'bob', '--full-name', 'B', '--email', 'nope'], env);
     assert.equal(invalid.code, 1);
@@ -71,6 +84,36 @@ describe('userops CLI', () => {
     assert.equal(badEnv.code, 2);
     assert.match(badEnv.stderr, /USEROPS_TIMEOUT_MS: must be at least 1 \(got "-1"\)/);
     for (const r of [invalid, usage, limit, badEnv]) assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
+  });
+
+  it('prints a usage error as one userops: line with a pointer to --help, exit 2, before reading Redis', async () => {
+    // Nothing listens there: a command that got as far as Redis would exit 3, not 2.
+    const offline = { ...env, REDIS_URL: `redis://127.0.0.1:${await freePort()}` };
+    const cases: [string[], RegExp][] = [
+      [['bogus'], /^userops: unknown command 'bogus' \(run 'userops --help' for usage\)\n$/],
+      [['stat'], /^userops: unknown command 'stat'; did you mean stats\? \(run 'userops --help' for usage\)\n$/],
+      [['list', '--limit', '0'], /^userops: option '--limit <n>' argument '0' is invalid\. expected a whole number from 1 to 1000, got "0" \(run 'userops list --help' for usage\)\n$/],
+      [['get'], /^userops: missing required argument 'nickname' \(run 'userops get --help' for usage\)\n$/],
+      [['update', 'bob'], /^userops: nothing to change: give --full-name <name>, --email <email> or both \(run 'userops update --help' for usage\)\n$/],
+    ];
+    for (const [args, stderr] of cases) assert.match((await runCli(args, offline)).stderr, stderr);
+    // Commander's own errors always exited 2; this one is ours.
+    assert.equal((await runCli(['update', 'bob'], offline)).code, 2);
+  });
+
+  it('checks every variable the same way on every command', async () => {
+    // Consumer-only, and half of a pair: a client command refuses it as `stats` does.
+    const offline = { ...env, REDIS_URL: `redis://127.0.0.1:${await freePort()}`, USEROPS_DASHBOARD_USER: 'u' };
+    const [get, stats] = await Promise.all([runCli(['get', 'bob'], offline), runCli(['stats'], offline)]);
+    assert.equal(get.code, 2);
+    assert.equal(get.stderr, 'userops: INVALID_CONFIG: Invalid environment: USEROPS_DASHBOARD_PASSWORD: must be set when USEROPS_DASHBOARD_USER is\n');
+    assert.deepEqual([get.code, get.stderr], [stats.code, stats.stderr]);
+
+    const url = await runCli(['get', 'bob'], { ...env, REDIS_URL: 'notaurl' });
+    assert.equal(
+      url.stderr,
+      'userops: INVALID_CONFIG: Invalid environment: REDIS_URL: expected the scheme redis:// or rediss:// (or redis+cluster://, redis+sentinel://) (got "notaurl")\n',
+    );
   });
 
   it('exits non-zero within seconds when Redis is unreachable', async () => {

@@ -20,6 +20,7 @@ import { resolveConsumerOptions } from '../src/consumer/options.js';
 import { clientConfig, consumerConfig } from '../src/config.js';
 import { bullPrefix, redactUrl } from '../src/redis.js';
 import { parseRedisUrl } from '../src/redis-url.js';
+import { describeValue } from '../src/protocol/validate.js';
 
 describe('op arguments', () => {
   it('accepts and normalises a valid create', () => {
@@ -107,6 +108,16 @@ describe('ops and envelopes from the wire', () => {
     assert.equal(opsJson, JSON.stringify(data.ops));
   });
 
+  it('says what it got: the kind of value, and how many items an array holds', () => {
+    assert.equal(describeValue({}), 'an object');
+    assert.equal(describeValue([]), 'an empty array');
+    assert.equal(describeValue([1]), 'an array of 1 item');
+    assert.equal(describeValue(Array.from({ length: 1001 })), 'an array of 1001 items');
+    assert.throws(() => parseEnvelope({ v: 1, ops: [{}, {}, {}] }, 2), /ops: must hold at most 2 ops \(got an array of 3 items\)/);
+    assert.throws(() => parseEnvelope({ v: 1, ops: [] }), /ops: must hold at least one op \(got an empty array\)/);
+    assert.throws(() => parseArgs('user.update', { nickname: 'bob' }), /give at least one of fullName, email \(got an object\)/);
+  });
+
   it('checks result lists against the number of ops', () => {
     const results = [{ ok: true, value: 1 }, { ok: false, error: { code: 'USER_EXISTS', message: 'm' } }];
     assert.deepEqual(parseResults({ results }, 2), results);
@@ -158,6 +169,9 @@ describe('options and environment', () => {
     assert.throws(() => consumerConfig({ REDIS_URL: 'localhost:6379' }), /REDIS_URL: expected the scheme/);
     assert.throws(() => clientConfig({ USEROPS_TIMEOUT_MS: 'soon' }), /USEROPS_TIMEOUT_MS: must be a number/);
     assert.throws(() => consumerConfig({ USEROPS_QUEUE: 'bad name' }), /USEROPS_QUEUE: must be 1-64 characters/);
+    // Cross-checks too, whichever command reads the environment.
+    assert.throws(() => clientConfig({ USEROPS_DASHBOARD_USER: 'u' }), /USEROPS_DASHBOARD_PASSWORD: must be set when USEROPS_DASHBOARD_USER is/);
+    assert.throws(() => clientConfig({ USEROPS_DASHBOARD: '1', USEROPS_HTTP_PORT: '0' }), /USEROPS_DASHBOARD: needs the HTTP server/);
     const c = consumerConfig({ REDIS_URL: '', USEROPS_DB: '/tmp/x.db' });
     assert.equal(c.redisUrl, undefined);
     assert.equal(c.dbPath, '/tmp/x.db');
@@ -174,6 +188,10 @@ describe('options and environment', () => {
       'rediss+sentinel://u:***@s1,s2:26380/main/1?sentinelUsername=s&sentinelPassword=***',
     );
     assert.equal(redactUrl('redis://u:p%40ss@host'), 'redis://u:***@host');
+    // A bad URL is shown in the error that names it, without its password.
+    for (const url of ['redis://:s3cret@host:99999', 'http://u:s3cret@host', 'u:s3cret@host:6379']) {
+      assert.throws(() => clientConfig({ REDIS_URL: url }), (err: Error) => /REDIS_URL: .*\(got "[^"]*\*\*\*/.test(err.message) && !err.message.includes('s3cret'), url);
+    }
   });
 
   it('reads every REDIS_URL form, and says what is wrong with a bad one', () => {
@@ -184,7 +202,7 @@ describe('options and environment', () => {
       mode: 'sentinel', sentinels: [{ host: '::1', port: 26380 }, { host: 's2', port: 26379 }], name: 'main', db: 2, tls: false,
     });
     const bad: [string, RegExp][] = [
-      ['http://h', /expected the scheme redis:\/\/.*got http:\/\//],
+      ['http://h', /^"expected the scheme redis:\/\/ or rediss:\/\/ \(or redis\+cluster:\/\/, redis\+sentinel:\/\/\)"$/],
       ['redis://h1,h2', /one host only/],
       ['redis+cluster://h1/3', /takes no path/],
       ['redis+sentinel://s1', /master name/],
@@ -193,6 +211,9 @@ describe('options and environment', () => {
     ];
     for (const [url, message] of bad) assert.match(JSON.stringify(parseRedisUrl(url)), message, url);
     assert.throws(() => consumerConfig({ REDIS_URL: 'redis+cluster://h1/3' }), /REDIS_URL: a cluster URL takes no path/);
+    // The part at fault is named, and the value got is said once, at the end.
+    assert.throws(() => consumerConfig({ REDIS_URL: 'notaurl' }), (err: Error) => err.message.split('got').length === 2 && /\(got "notaurl"\)$/.test(err.message));
+    assert.throws(() => consumerConfig({ REDIS_URL: 'redis://h:99999' }), /REDIS_URL: expected a port from 1 to 65535, not 99999 \(got "redis:\/\/h:99999"\)$/);
     assert.equal(bullPrefix('redis+cluster://h1', 'q'), 'bull:{q}');
     assert.equal(bullPrefix('redis://h1', 'q'), 'bull');
   });

@@ -31,9 +31,7 @@ export async function withAdminQueue<T>(config: AdminConfig, work: (q: AdminQueu
   const url = config.redisUrl ?? DEFAULT_REDIS_URL;
   const logger = createLogger(config.logLevel, process.stderr);
   const connections = new RedisConnections(url, logger);
-  // ioredis waits this long for a socket that never connected to close (2 s by default), which
-  // would hold the process after a failed connect; a command exits as soon as it is done.
-  const redis = connections.open('command', { disconnectTimeout: 200 });
+  const redis = connections.open('command');
   const queue = new Queue(config.queue, queueOptions(url, config.queue, redis));
   queue.on('error', (err) => logger.debug({ err }, 'queue error'));
   try {

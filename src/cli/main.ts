@@ -17,6 +17,7 @@
  * 2 bad usage or configuration, 3 infrastructure (Redis unreachable, timeout, job failed).
  */
 import { readFileSync } from 'node:fs';
+import { constants as osConstants } from 'node:os';
 
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 
@@ -32,6 +33,7 @@ import { formatFailed, listFailed } from './failed.js';
 import { RETRY_HELP, retryAll, retryJob } from './retry.js';
 import { runConsumer } from './run-consumer.js';
 import { collectStats, formatStats } from './stats.js';
+import { oneLineUsageErrors } from './usage-errors.js';
 
 /** Exit codes; documented in the README. */
 export const EXIT = { OK: 0, FAILED: 1, USAGE: 2, INFRA: 3 } as const;
@@ -57,6 +59,9 @@ function version(): string {
   return pkg.version;
 }
 
+/** The signal that interrupted a client command, if one did. */
+let interruptedBy: NodeJS.Signals | undefined;
+
 /** Runs a client command: one client, the result printed as JSON, the client closed. */
 async function withClient(run: (client: UserOpsClient) => Promise<unknown>): Promise<void> {
   const config = clientConfig();
@@ -67,13 +72,24 @@ async function withClient(run: (client: UserOpsClient) => Promise<unknown>): Pro
     timeoutMs: config.timeoutMs,
     logger: createLogger(config.logLevel, process.stderr),
   });
+  // Interrupted, the command closes the client rather than dying: the call's job is withdrawn if
+  // no consumer has taken it, and the error printed says whether the op may still be applied.
+  const onSignal = (signal: NodeJS.Signals) => {
+    interruptedBy ??= signal;
+    void client.close();
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
   try {
     const result = await run(client);
     if (result !== undefined) process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
   } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
     await client.close();
   }
 }
+
 
 /** Parses a `--limit` value; commander names the flag in front of the message. */
 function listLimit(value: string): number {
@@ -110,7 +126,7 @@ function addAdminCommands(program: Command): void {
     .option('--all', 'retry every failed job, oldest failure first')
     .addHelpText('after', RETRY_HELP)
     .action(async function (this: Command, jobId: string | undefined, o: { all?: boolean }) {
-      if ((jobId === undefined) === (o.all !== true)) this.error('error: give a job id or --all (one of the two)');
+      if ((jobId === undefined) === (o.all !== true)) this.error('give a job id or --all (one of the two)');
       const result = o.all ? await retryAll(adminConfig()) : await retryJob(adminConfig(), jobId as string);
       print(result, true, String);
     });
@@ -137,7 +153,6 @@ function buildProgram(): Command {
   const program = new Command('userops')
     .description('Single-writer SQLite user operations over a BullMQ queue.')
     .version(version())
-    .showHelpAfterError('(run with --help for usage)')
     .addHelpText('after', `\nEnvironment:\n${Object.entries(ENV_HELP).map(([k, v]) => `  ${k.padEnd(31)} ${v}`).join('\n')}\n`)
     .exitOverride();
 
@@ -168,9 +183,11 @@ function buildProgram(): Command {
     .argument('<nickname>')
     .option('--full-name <name>', 'new full name')
     .option('--email <email>', 'new email address')
-    .action((nickname: string, o: { fullName?: string; email?: string }) =>
-      withClient((c) => c.updateUser(nickname, o)),
-    );
+    .action(function (this: Command, nickname: string, o: { fullName?: string; email?: string }) {
+      // A usage error, named by the flags: the client would call it invalid input, by field names.
+      if (o.fullName === undefined && o.email === undefined) this.error('nothing to change: give --full-name <name>, --email <email> or both');
+      return withClient((c) => c.updateUser(nickname, o));
+    });
 
   program
     .command('delete')
@@ -196,6 +213,7 @@ function buildProgram(): Command {
     );
 
   addAdminCommands(program);
+  oneLineUsageErrors(program);
   return program;
 }
 
@@ -210,7 +228,8 @@ async function main(argv: string[]): Promise<void> {
     }
     const message = err instanceof UserOpsError ? `${err.code}: ${err.message}` : String(err instanceof Error ? err.message : err);
     process.stderr.write(`userops: ${message}\n`);
-    process.exitCode = exitCodeFor(err);
+    // 128 + the signal's number, as a shell reports a command a signal ended.
+    process.exitCode = interruptedBy ? 128 + osConstants.signals[interruptedBy] : exitCodeFor(err);
   }
 }
 

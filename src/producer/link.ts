@@ -245,7 +245,8 @@ export class QueueLink {
     this.closed = true;
     const parts = this.parts ?? this.attempt;
     this.parts = undefined;
+    // An attempt still connecting is torn down here too; its waitUntilReady may then never
+    // settle, so it is not waited for.
     if (parts) await this.teardown(parts);
-    await settleWithin(this.connecting, CLOSE_DEADLINE_MS);
   }
 }

@@ -4,16 +4,33 @@
  */
 import type { z } from 'zod';
 
+import { redactUrl } from '../redis-url.js';
 import { ConfigError, formatIssues, ValidationError, type ValidationIssue } from './errors.js';
 
-/** A short, safe description of a value for an error message (long strings are cut). */
+/**
+ * A string as an error message may show it. A bad Redis URL is echoed back to whoever set it, and
+ * messages end up in logs and CI output: its password never does, with or without the scheme.
+ */
+function redactString(s: string): string {
+  if (s.includes('://')) return redactUrl(s);
+  return s.includes('@') ? redactUrl(`x://${s}`).slice('x://'.length) : s;
+}
+
+/** A short, safe description of a value for an error message (long strings are cut, passwords in URLs hidden). */
 export function describeValue(value: unknown): string {
   if (value === undefined) return 'nothing';
   if (value === null) return 'null';
-  if (typeof value === 'string') return JSON.stringify(value.length > 40 ? `${value.slice(0, 40)}…` : value);
+  if (typeof value === 'string') {
+    const shown = redactString(value);
+    return JSON.stringify(shown.length > 40 ? `${shown.slice(0, 40)}…` : shown);
+  }
   if (typeof value === 'number' || typeof value === 'boolean') return String(value);
-  if (Array.isArray(value)) return 'an array';
-  return `a ${typeof value}`;
+  // The length is what a limit on items is about: "at most 1000 ops (got an array of 1001 items)".
+  if (Array.isArray(value)) {
+    if (value.length === 0) return 'an empty array';
+    return `an array of ${value.length} item${value.length === 1 ? '' : 's'}`;
+  }
+  return typeof value === 'object' ? 'an object' : `a ${typeof value}`;
 }
 
 function valueAt(input: unknown, path: readonly PropertyKey[]): unknown {

@@ -24,15 +24,21 @@ function childEnv(env: Record<string, string | undefined>): NodeJS.ProcessEnv {
   return { ...base, USEROPS_HTTP_PORT: '0', ...env };
 }
 
-/** Runs `userops <args>` to completion. */
-export function runCli(args: string[], env: Record<string, string | undefined> = {}): Promise<CliResult> {
+/** Starts `userops <args>`: the process, for signals, and what it printed once it has exited. */
+export function spawnCli(args: string[], env: Record<string, string | undefined> = {}): { child: ChildProcess; result: Promise<CliResult> } {
   const started = Date.now();
   const child = spawn(process.execPath, [...ARGS, ...args], { cwd: ROOT, env: childEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
   child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
   child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-  return new Promise((resolve) => child.once('close', (code) => resolve({ code, stdout, stderr, ms: Date.now() - started })));
+  const result = new Promise<CliResult>((resolve) => child.once('close', (code) => resolve({ code, stdout, stderr, ms: Date.now() - started })));
+  return { child, result };
+}
+
+/** Runs `userops <args>` to completion. */
+export function runCli(args: string[], env: Record<string, string | undefined> = {}): Promise<CliResult> {
+  return spawnCli(args, env).result;
 }
 
 /** A `userops consumer` process with its log lines collected. */
