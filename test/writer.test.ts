@@ -3,12 +3,16 @@ import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { beforeEach, describe, it } from 'node:test';
 
+import { Redis } from 'ioredis';
+import { pino } from 'pino';
+
 import { Store, UserOpsConsumer } from '../src/consumer/index.js';
+import { leaseOwner, WriterLease } from '../src/consumer/writer-lease.js';
 import { ConfigError } from '../src/index.js';
 import { spawnConsumer } from './helpers/cli.js';
 import type { Teardown } from './helpers/fixtures.js';
 import { newClient, redisSuite, startConsumer, tempDb, until, user } from './helpers/fixtures.js';
-import type { TestRedis } from './helpers/redis-server.js';
+import { freePort, type TestRedis } from './helpers/redis-server.js';
 
 const suite = redisSuite();
 let redis: TestRedis;
@@ -113,5 +117,36 @@ describe('one writer per queue', () => {
     await a.close();
     const again = await startConsumer(t, { redisUrl: redis.url, queue, dbPath: one.dbPath });
     await until('the reopened consumer to write', () => again.role === 'writer', 5000);
+  });
+});
+
+describe('the writer lease', () => {
+  /** A lease on this test's queue, and the roles (with reasons) it reported. */
+  function lease(client: Redis, owner: string) {
+    const changes: string[] = [];
+    const l = new WriterLease(client, `userops:${queue}:writer`, owner, 5000, pino({ level: 'silent' }), (role, why) => changes.push(why ? `${role} (${why})` : role));
+    t.add(l, (x) => x.stop());
+    return { l, changes };
+  }
+
+  it('takes back a lease Redis still holds for it, instead of standing by behind itself', async () => {
+    const client = t.add(new Redis(redis.url), (c) => c.disconnect());
+    const owner = leaseOwner('me');
+    // Our clock gave the lease up while Redis did not answer; Redis kept it.
+    await client.set(`userops:${queue}:writer`, owner, 'PX', 60_000);
+    const mine = lease(client, owner);
+    await mine.l.start();
+    assert.deepEqual(mine.changes, ['writer']);
+    // Someone else's lease is still theirs.
+    const theirs = lease(client, leaseOwner('another'));
+    await theirs.l.start();
+    assert.deepEqual(theirs.changes, ['standby (held)']);
+  });
+
+  it('says Redis did not answer, not that another consumer writes, when it cannot ask', async () => {
+    const dead = t.add(new Redis(`redis://127.0.0.1:${await freePort()}`, { enableOfflineQueue: false, retryStrategy: () => null, lazyConnect: true }), (c) => c.disconnect());
+    const { l, changes } = lease(dead, leaseOwner('me'));
+    await l.start();
+    assert.deepEqual(changes, ['standby (unanswered)']);
   });
 });

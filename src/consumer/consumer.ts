@@ -187,11 +187,11 @@ export class UserOpsConsumer {
     if (this.state !== 'starting') return; // closed while starting
     const refusal = await bindDatabase(this.connection, o, this.store.dbId);
     if (refusal) await this.refuse(refusal);
-    this.lease = new WriterLease(this.connection, userOpsKey(o.redisUrl, o.queue, 'writer'), leaseOwner(this.token), o.writerLeaseMs, this.log, (role) =>
-      role === 'writer'
-        ? this.log.info('writer role taken: applying jobs')
-        : this.log.warn('another consumer is the writer: standing by, ready to take over'),
-    );
+    this.lease = new WriterLease(this.connection, userOpsKey(o.redisUrl, o.queue, 'writer'), leaseOwner(this.token), o.writerLeaseMs, this.log, (role, why) => {
+      if (role === 'writer') this.log.info('writer role taken: applying jobs');
+      else if (why === 'unanswered') this.log.warn('writer lease lapsed while Redis did not answer: standing by until it does');
+      else this.log.warn('another consumer is the writer: standing by, ready to take over');
+    });
     await this.lease.start();
     if (this.state !== 'starting') return; // closed while the lease was asked for: start nothing more
     const replies = new ReplySender(this.connection, (replyId) => userOpsKey(o.redisUrl, o.queue, `reply:${replyId}`));

@@ -12,6 +12,10 @@ import type { Logger } from 'pino';
 
 // Extend only if we still hold it: a lease that expired and was taken by another stays theirs.
 const RENEW = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end`;
+// Take it if free, or if it is still ours: our clock gives it up when Redis stops answering, while
+// Redis may keep it; nobody else has held it meanwhile, and we committed nothing without it.
+const ACQUIRE = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then return 1 else return 0 end`;
 const RELEASE = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end`;
 
 /** Who holds a lease, as far as its value tells. */
@@ -52,6 +56,9 @@ export function parseLeaseOwner(value: string): LeaseHolder {
 /** Whether this consumer is the queue's writer. */
 export type WriterRole = 'writer' | 'standby';
 
+/** Why a consumer stands by: another holds the lease, or Redis did not answer the request for it. */
+export type StandbyReason = 'held' | 'unanswered';
+
 /** Holds, renews and gives up the writer lease of one queue. */
 export class WriterLease {
   private validUntil = 0;
@@ -70,7 +77,7 @@ export class WriterLease {
     private readonly owner: string,
     private readonly ttlMs: number,
     private readonly log: Logger,
-    private readonly onChange: (role: WriterRole) => void,
+    private readonly onChange: (role: WriterRole, why?: StandbyReason) => void,
   ) {}
 
   /**
@@ -96,18 +103,21 @@ export class WriterLease {
     if (this.stopped) return;
     const wasHeld = this.held();
     const started = Date.now();
+    let answered = true;
     try {
-      const ok = wasHeld
-        ? (await this.redis.eval(RENEW, 1, this.key, this.owner, this.ttlMs)) === 1
-        : (await this.redis.set(this.key, this.owner, 'PX', this.ttlMs, 'NX')) === 'OK';
+      const ok = (await this.redis.eval(wasHeld ? RENEW : ACQUIRE, 1, this.key, this.owner, this.ttlMs)) === 1;
       // Counted from before the request: the lease may have started expiring while it travelled.
       this.validUntil = ok ? started + this.ttlMs - Math.floor(this.ttlMs / 5) : 0;
     } catch (err) {
+      answered = false;
       this.log.debug({ err }, 'writer lease: Redis did not answer');
       // Keep our clock's view: it expires on its own if Redis stays away.
     }
     this.firstAnswered = true;
-    if (first || this.held() !== wasHeld) this.onChange(this.held() ? 'writer' : 'standby');
+    if (first || this.held() !== wasHeld) {
+      if (this.held()) this.onChange('writer');
+      else this.onChange('standby', answered ? 'held' : 'unanswered');
+    }
     if (!this.stopped) {
       this.timer = setTimeout(() => void this.tick(false), Math.floor(this.ttlMs / 3));
       this.timer.unref();
