@@ -1,7 +1,8 @@
 # Build stage: compile TypeScript and the native addons, then drop dev dependencies.
 FROM node:24-bookworm-slim AS build
 
-# better-sqlite3 is a native addon: node-gyp compiles it when no prebuilt binary fits.
+# better-sqlite3 is a native addon: node-gyp compiles 12.x when no prebuilt binary fits. This Node
+# loads 13.x (prebuilt, Node-API; src/consumer/sqlite-driver.ts), but npm installs both majors.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 make g++ \
  && rm -rf /var/lib/apt/lists/*

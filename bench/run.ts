@@ -9,7 +9,6 @@ import { cpus, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-import Database from 'better-sqlite3';
 import { Queue } from 'bullmq';
 import { SingleBar } from 'cli-progress';
 import { Command, InvalidArgumentError, Option } from 'commander';
@@ -19,6 +18,7 @@ import { pino } from 'pino';
 
 import { applyJob } from '../src/consumer/apply.js';
 import { startPrivateRedis } from '../src/consumer/private-redis.js';
+import Database from '../src/consumer/sqlite-driver.js';
 import { Store } from '../src/consumer/store.js';
 import { freePort } from '../test/helpers/redis-server.js';
 import type { ProducerMessage, ProducerReport, ProducerTask } from './producer.js';

@@ -8,8 +8,7 @@
  * - phantom: a call was reported as certainly not applied, yet its effect is there.
  * - stale: a get returned something other than the caller's last write.
  */
-import Database from 'better-sqlite3';
-
+import Database from '../src/consumer/sqlite-driver.js';
 import type { CallRecord } from './load.js';
 
 /** The verdict on one scenario's calls. */

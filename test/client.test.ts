@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
 import { beforeEach, describe, it } from 'node:test';
 
-import Database from 'better-sqlite3';
 import { Worker } from 'bullmq';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
@@ -15,6 +14,7 @@ import {
   UserNotFoundError,
   ValidationError,
 } from '../src/index.js';
+import Database from '../src/consumer/sqlite-driver.js';
 import { QueueLink } from '../src/producer/link.js';
 import { type JobPayload, PROTOCOL_VERSION } from '../src/protocol/index.js';
 import type { Teardown } from './helpers/fixtures.js';

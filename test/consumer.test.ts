@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
 import { beforeEach, describe, it } from 'node:test';
 
-import Database from 'better-sqlite3';
 import { type Job, QueueEvents } from 'bullmq';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
@@ -9,6 +8,7 @@ import { pino } from 'pino';
 import { applyJobs, payloadHash } from '../src/consumer/apply.js';
 import { UserOpsConsumer } from '../src/consumer/index.js';
 import { RedisWatch } from '../src/consumer/redis-watch.js';
+import Database from '../src/consumer/sqlite-driver.js';
 import { Store } from '../src/consumer/store.js';
 import { RedisUnavailableError } from '../src/index.js';
 import type { Teardown } from './helpers/fixtures.js';

@@ -1,9 +1,8 @@
 import assert from 'node:assert/strict';
 import { afterEach, beforeEach, describe, it } from 'node:test';
 
-import Database from 'better-sqlite3';
-
 import { LedgerPruner } from '../src/consumer/ledger-pruner.js';
+import Database from '../src/consumer/sqlite-driver.js';
 import { Store } from '../src/consumer/store.js';
 import { capturedLog, recordJobs, tempDb } from './helpers/fixtures.js';
 

@@ -1,11 +1,12 @@
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { afterEach, beforeEach, describe, it } from 'node:test';
-
-import Database from 'better-sqlite3';
 
 import { applyJob, payloadHash } from '../src/consumer/apply.js';
 import { formatIso } from '../src/consumer/iso-time.js';
 import { SCHEMA_VERSION } from '../src/consumer/migrations.js';
+import Database, { SQLITE_ENTRY } from '../src/consumer/sqlite-driver.js';
 import { ReadOnlyStore, Store } from '../src/consumer/store.js';
 import { UserExistsError, UserNotFoundError, ValidationError } from '../src/protocol/index.js';
 import { tempDb } from './helpers/fixtures.js';
@@ -65,6 +66,13 @@ describe('Store', () => {
     assert.deepEqual(store.listUsers({ limit: 1 }).map((u) => u.nickname), ['alice']);
     assert.deepEqual(store.deleteUser({ nickname: 'bob' }), updated);
     assert.equal(store.countUsers(), 1);
+  });
+
+  it('runs on the better-sqlite3 major that works on this Node (sqlite-driver.ts)', () => {
+    const pkg = JSON.parse(readFileSync(join(SQLITE_ENTRY, '../../package.json'), 'utf8')) as { name: string; version: string };
+    assert.equal(pkg.name, 'better-sqlite3');
+    const nodeMajor = Number(process.versions.node.split('.')[0]);
+    assert.equal(pkg.version.split('.')[0], nodeMajor >= 22 ? '13' : '12', `Node ${process.version} loads better-sqlite3 ${pkg.version}`);
   });
 
   it('formats times exactly as Date#toISOString does', () => {

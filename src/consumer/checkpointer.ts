@@ -12,12 +12,12 @@
  * Durability does not depend on it: a commit is durable once its WAL frames are fsynced, and a
  * checkpoint only moves committed pages. If the thread fails, the writer's checkpoints carry on.
  */
-import { createRequire } from 'node:module';
 import { Worker } from 'node:worker_threads';
 
 import type { Logger } from 'pino';
 
 import { settleWithin } from '../redis.js';
+import { SQLITE_ENTRY } from './sqlite-driver.js';
 
 /**
  * How often the thread checkpoints: often enough that the writer's backstop finds little to copy.
@@ -33,7 +33,7 @@ const STOP_DEADLINE_MS = 5000;
 interface WorkerData {
   path: string;
   intervalMs: number;
-  /** better-sqlite3, resolved from here: eval'd code would resolve it from the working directory. */
+  /** better-sqlite3's entry, resolved here (sqlite-driver.ts): eval'd code would resolve it from the working directory. */
   sqlite: string;
 }
 
@@ -78,7 +78,7 @@ export class BackgroundCheckpointer {
   private closing?: Promise<void>;
 
   constructor(path: string, log: Logger, intervalMs = CHECKPOINT_INTERVAL_MS) {
-    const workerData: WorkerData = { path, intervalMs, sqlite: createRequire(import.meta.url).resolve('better-sqlite3') };
+    const workerData: WorkerData = { path, intervalMs, sqlite: SQLITE_ENTRY };
     this.worker = new Worker(WORKER_SOURCE, { eval: true, workerData });
     this.exited = new Promise((resolve) => this.worker.once('exit', () => resolve()));
     this.worker.on('message', (m: { error: string }) =>

@@ -5,11 +5,12 @@
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 
-import Database from 'better-sqlite3';
+import type BetterSqlite3 from 'better-sqlite3';
 
 import { DEFAULT_LIST_LIMIT, type OpArgs, type OpResult, type User, UserExistsError, UserNotFoundError } from '../protocol/index.js';
 import { formatIso, isoTime } from './iso-time.js';
 import { assertSupported, migrate } from './migrations.js';
+import Database from './sqlite-driver.js';
 import { sqliteCode } from './sqlite-errors.js';
 
 /** A row of {@link USER_COLUMNS}, in that order. */
@@ -25,7 +26,7 @@ const USER_COLUMNS = 'id, nickname, full_name, email, created_at, updated_at';
 /** Opens (creating if needed) the userops database and applies operations to it. */
 export class Store {
   /** The underlying connection; exposed for transactions and for tests. */
-  readonly db: Database.Database;
+  readonly db: BetterSqlite3.Database;
   private readonly stmt;
 
   /**
@@ -243,7 +244,7 @@ export interface DatabaseSummary {
 const BACKUP_PAGES_PER_STEP = 1024;
 
 /** Whether the database has table `name`: admin commands read databases of older schemas too. */
-function hasTable(db: Database.Database, name: string): boolean {
+function hasTable(db: BetterSqlite3.Database, name: string): boolean {
   return db.prepare("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?").get(name) !== undefined;
 }
 
@@ -251,12 +252,12 @@ function hasTable(db: Database.Database, name: string): boolean {
  * Rows in the ledger: as its triggers keep count from schema 4, or counted (~10 ms per million
  * rows) before that or when `count` asks for the rows themselves.
  */
-function ledgerRows(db: Database.Database, count: boolean): number {
+function ledgerRows(db: BetterSqlite3.Database, count: boolean): number {
   return (db.prepare(!count && hasTable(db, 'ledger_count') ? 'SELECT n FROM ledger_count' : 'SELECT count(*) AS n FROM ledger').get() as { n: number }).n;
 }
 
 /** @param countLedger - count the ledger's rows rather than read the kept count */
-function summarize(db: Database.Database, countLedger = false): DatabaseSummary {
+function summarize(db: BetterSqlite3.Database, countLedger = false): DatabaseSummary {
   const schemaVersion = db.pragma('user_version', { simple: true }) as number;
   const dbId = hasTable(db, 'meta') ? (db.prepare("SELECT value FROM meta WHERE key = 'db_id'").get() as { value: string } | undefined)?.value : undefined;
   return {
@@ -274,7 +275,7 @@ function summarize(db: Database.Database, countLedger = false): DatabaseSummary 
  * Never creates the file or migrates it; WAL lets it read while the consumer writes.
  */
 export class ReadOnlyStore {
-  private readonly db: Database.Database;
+  private readonly db: BetterSqlite3.Database;
 
   /**
    * @param path - the database file; throws SQLITE_CANTOPEN if there is none, and an `Error`
