@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, it } from 'node:test';
@@ -7,8 +8,9 @@ import { applyJob, payloadHash } from '../src/consumer/apply.js';
 import { formatIso } from '../src/consumer/iso-time.js';
 import { SCHEMA_VERSION } from '../src/consumer/migrations.js';
 import Database, { SQLITE_ENTRY } from '../src/consumer/sqlite-driver.js';
+import { sqliteCode } from '../src/consumer/sqlite-errors.js';
 import { ReadOnlyStore, Store } from '../src/consumer/store.js';
-import { UserExistsError, UserNotFoundError, ValidationError } from '../src/protocol/index.js';
+import { ConfigError, UserExistsError, UserNotFoundError, ValidationError } from '../src/protocol/index.js';
 import { tempDb } from './helpers/fixtures.js';
 
 const bob = { nickname: 'bob', fullName: 'Bob B', email: 'bob@example.com' };
@@ -123,8 +125,25 @@ describe('Store', () => {
     assert.equal(store.getUser({ nickname: 'bob' }).email, bob.email);
     store.db.pragma(`user_version = ${SCHEMA_VERSION + 1}`);
     store.close();
-    assert.throws(() => new Store(db.dbPath), /newer than this build supports/);
+    // The wrong build for this file: a configuration error (exit 2), not an outage to retry.
+    assert.throws(() => new Store(db.dbPath), (err: unknown) => err instanceof ConfigError && /newer than this build supports/.test(err.message));
     store = new Store(':memory:');
+  });
+
+  it('finds a database file it may not write when asked, not at the first commit', () => {
+    store.close();
+    // Immutable, so that even root may not write it, while its folder (for -wal and -shm) stays
+    // writable: as a file restored by root, under a daemon that runs as another user, would be.
+    execFileSync('chattr', ['+i', db.dbPath]);
+    try {
+      store = new Store(db.dbPath);
+      assert.throws(() => store.checkWritable(), (err: unknown) => sqliteCode(err) === 'SQLITE_READONLY');
+    } finally {
+      store.close();
+      execFileSync('chattr', ['-i', db.dbPath]);
+    }
+    store = new Store(db.dbPath);
+    assert.equal(store.checkWritable(), 'ok');
   });
 });
 

@@ -7,6 +7,7 @@ import { Redis } from 'ioredis';
 import { pino } from 'pino';
 
 import { Store, UserOpsConsumer } from '../src/consumer/index.js';
+import Database from '../src/consumer/sqlite-driver.js';
 import { leaseOwner, WriterLease } from '../src/consumer/writer-lease.js';
 import { ConfigError } from '../src/index.js';
 import { spawnConsumer } from './helpers/cli.js';
@@ -113,6 +114,21 @@ describe('one writer per queue', () => {
       return true;
     });
     assert.ok(!existsSync(dirname(fresh)), 'refusing left no new file behind');
+    // A database from before identities (schema 2): refused before it is migrated, so the
+    // older build it came from can still open it.
+    const old = join(other.dir, 'schema2.db');
+    const v2 = new Store(old);
+    v2.db.exec('DROP TRIGGER ledger_count_insert; DROP TRIGGER ledger_count_delete; DROP TABLE ledger_count; DROP TABLE meta; PRAGMA user_version = 2;');
+    v2.close();
+    const d = t.add(new UserOpsConsumer({ redisUrl: redis.url, queue, dbPath: old }), (x) => x.close());
+    await assert.rejects(d.start(), (err: unknown) => {
+      assert.ok(err instanceof ConfigError);
+      assert.match(err.message, new RegExp(`Queue ${queue} is served from database ${theirs}, but ${old} has no identity yet`));
+      return true;
+    });
+    const after = new Database(old, { readonly: true });
+    assert.equal(after.pragma('user_version', { simple: true }), 2, 'not migrated');
+    after.close();
     // The same file, reopened (or a backup of it), is welcome.
     await a.close();
     const again = await startConsumer(t, { redisUrl: redis.url, queue, dbPath: one.dbPath });

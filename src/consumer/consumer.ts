@@ -13,7 +13,7 @@ import { type Logger, pino } from 'pino';
 import { coerceError, type JobResults, RedisUnavailableError } from '../protocol/index.js';
 import { queueOptions, RedisConnections, redactUrl, settleWithin, userOpsKey, withDeadline } from '../redis.js';
 import { BackgroundCheckpointer } from './checkpointer.js';
-import { bindDatabase, newDatabaseRefusal, queueDatabaseId } from './db-identity.js';
+import { bindDatabase, earlyRefusal, fileDatabaseId, queueDatabaseId } from './db-identity.js';
 import { type ConsumerOptions, type ResolvedConsumerOptions, resolveConsumerOptions } from './options.js';
 import { backoffMs, GroupCommitter } from './group-commit.js';
 import { checkReadiness, type ConsumerRole, type ConsumerState, type Readiness } from './health.js';
@@ -149,13 +149,15 @@ export class UserOpsConsumer {
     this.queue.on('error', (err) => this.log.debug({ err }, 'queue reader error'));
     // Up before the database and Redis are waited for, so a consumer stuck waiting says so on /readyz.
     if (o.http) await this.startHttp(o.http, this.queue);
-    // Asked before the file is created, so that a refusal leaves no new file behind (db-identity.ts).
-    if (!existsSync(o.dbPath)) {
-      this.storePending = 'not created yet: waiting for Redis to tell which database the queue is served from';
+    // Asked before the file is created or migrated, so that a refusal leaves it as it was (db-identity.ts).
+    const mine = fileDatabaseId(o.dbPath);
+    if (mine !== undefined) {
+      this.storePending = `${existsSync(o.dbPath) ? 'not opened' : 'not created'} yet: waiting for Redis to tell which database the queue is served from`;
       const theirs = await this.waitForRedis(this.queue.waitUntilReady().then(() => queueDatabaseId(commands, o)));
       this.storePending = undefined;
       if (this.state !== 'starting') return; // closed while starting
-      if (theirs !== null) await this.refuse(newDatabaseRefusal(o, theirs));
+      const refusal = earlyRefusal(o, mine, theirs);
+      if (refusal) await this.refuse(refusal);
     }
     this.store = await this.openStore();
     if (!this.store) return; // closed while waiting for the database

@@ -3,16 +3,20 @@
  * from and refuses a consumer on any other file: two files written from one queue would each hold
  * part of the users. A backup keeps the id, so a restored file is welcome.
  *
- * A database file that does not exist yet is asked about before it is created: a new database gets
- * a fresh random id, so it can never be a bound queue's. Asking first lets a refusal leave no new
- * file behind without ever deleting one; deleting after the refusal could remove a file another
- * process had opened meanwhile on the same path. (A queue bound between that question and the file's
- * creation is still refused, by {@link bindDatabase}, and that file stays: the safe side.)
+ * The queue is asked before the file is created or migrated, so that a refusal leaves the file as it
+ * was. A new database gets a fresh random id, and so does one from before identities (schema < 3)
+ * when it is migrated: neither can be a bound queue's. Refused after the fact, a new file would have
+ * to be deleted (perhaps one another process had opened meanwhile), and a migrated one would be
+ * beyond the older build it came from. (A queue bound between that question and the open is still
+ * refused, by {@link bindDatabase}, and the file stays: the safe side.)
  */
+import { existsSync } from 'node:fs';
+
 import type { Redis } from 'ioredis';
 
 import { ConfigError } from '../protocol/index.js';
 import { userOpsKey } from '../redis.js';
+import Database from './sqlite-driver.js';
 
 /** Which queue a consumer serves, and from which file. */
 export interface DatabaseTarget {
@@ -41,18 +45,45 @@ export async function bindDatabase(redis: Redis, target: DatabaseTarget, dbId: s
   return theirs === dbId ? undefined : refusal(target, String(theirs), dbId);
 }
 
-/** Why a consumer refuses to create a new database for a queue already served from `theirs`. */
-export function newDatabaseRefusal(target: DatabaseTarget, theirs: string): ConfigError {
-  return refusal(target, theirs, undefined);
+/**
+ * The id of the database file at `path`, read without changing it: `null` when it has none (no
+ * such file, or a schema from before identities), `undefined` when it cannot be read now (the
+ * consumer then opens it as usual, waits for it if need be, and checks when binding).
+ */
+export function fileDatabaseId(path: string): string | null | undefined {
+  if (!existsSync(path)) return null;
+  try {
+    const db = new Database(path, { readonly: true, fileMustExist: true });
+    try {
+      const hasMeta = db.prepare("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'meta'").get() !== undefined;
+      if (!hasMeta) return null;
+      const row = db.prepare("SELECT value FROM meta WHERE key = 'db_id'").get() as { value: string } | undefined;
+      return row?.value ?? null;
+    } finally {
+      db.close();
+    }
+  } catch {
+    return undefined;
+  }
 }
 
-/** @param mine - the refused database's id; `undefined` for a database not created yet */
-function refusal(target: DatabaseTarget, theirs: string, mine: string | undefined): ConfigError {
+/**
+ * Why the consumer must refuse the queue before opening its database (`mine`, from
+ * {@link fileDatabaseId}) for writing, or `undefined`. `theirs` is the queue's, `null` if none yet.
+ */
+export function earlyRefusal(target: DatabaseTarget, mine: string | null, theirs: string | null): ConfigError | undefined {
+  if (theirs === null || mine === theirs) return undefined;
+  return refusal(target, theirs, mine);
+}
+
+/** @param mine - the refused database's id; `null` for a database with none (not created yet, or from before identities) */
+function refusal(target: DatabaseTarget, theirs: string, mine: string | null): ConfigError {
   const { queue, dbPath } = target;
+  const none = !existsSync(dbPath) ? 'does not exist (a new database could not be it)' : 'has no identity yet (a schema from before identities: one is made when it is upgraded, so it could not be it)';
   return new ConfigError(
-    [{ path: 'USEROPS_DB', message: mine === undefined ? `no database at ${dbPath}; the queue's is ${theirs}` : `database ${mine} is not the queue's database ${theirs}` }],
-    `Queue ${queue} is served from database ${theirs}, but ${dbPath} ${mine === undefined ? 'does not exist (a new database could not be it)' : `is database ${mine}`}. ` +
+    [{ path: 'USEROPS_DB', message: mine === null ? `${dbPath} ${none.split(' (')[0]}; the queue's database is ${theirs}` : `database ${mine} is not the queue's database ${theirs}` }],
+    `Queue ${queue} is served from database ${theirs}, but ${dbPath} ${mine === null ? none : `is database ${mine}`}. ` +
       `Point USEROPS_DB at that database (or a backup of it), or use another queue. If the old database is gone for good, ` +
-      `delete the Redis key ${databaseKey(target)} to serve the queue from this one.`,
+      `or this file is it from before the upgrade, delete the Redis key ${databaseKey(target)} to serve the queue from this one.`,
   );
 }

@@ -4,6 +4,8 @@
  */
 import type { Database } from 'better-sqlite3';
 
+import { ConfigError } from '../protocol/index.js';
+
 const MIGRATIONS: readonly string[] = [
   // 1: users and the job ledger.
   `
@@ -47,10 +49,14 @@ const MIGRATIONS: readonly string[] = [
 /** The schema version this build writes. */
 export const SCHEMA_VERSION = MIGRATIONS.length;
 
-/** Throws if schema `version` was written by a newer build, which this one would misread. */
+/**
+ * Throws if schema `version` was written by a newer build, which this one would misread. A
+ * `ConfigError`: the wrong build for this file (exit 2), which restarting cannot mend.
+ */
 export function assertSupported(version: number): void {
   if (version > SCHEMA_VERSION) {
-    throw new Error(`Database schema version ${version} is newer than this build supports (${SCHEMA_VERSION}); upgrade userops`);
+    const message = `Database schema version ${version} is newer than this build supports (${SCHEMA_VERSION}); upgrade userops`;
+    throw new ConfigError([{ path: 'USEROPS_DB', message: `schema version ${version}, newer than ${SCHEMA_VERSION}` }], message);
   }
 }
 

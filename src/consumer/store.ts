@@ -97,6 +97,7 @@ export class Store {
       release: this.db.prepare('RELEASE op'),
       rollbackTo: this.db.prepare('ROLLBACK TO op'),
       beginImmediate: this.db.prepare('BEGIN IMMEDIATE'),
+      touch: this.db.prepare('UPDATE ledger_count SET n = n'),
       rollback: this.db.prepare('ROLLBACK'),
     };
   }
@@ -202,7 +203,7 @@ export class Store {
   }
 
   /**
-   * Checks that this connection can take the write lock, writing nothing: `ok`, or `busy` while
+   * Checks that this connection can take the write lock and write, keeping nothing: `ok`, or `busy` while
    * another connection (a backup, an operator's shell) holds it. Throws when the database cannot
    * be written at all (read-only, closed): SQLite quietly opens a file it may not write as
    * read-only and would only say so at the first commit. Never waits for the lock: a health probe
@@ -212,7 +213,14 @@ export class Store {
     this.db.pragma('busy_timeout = 0');
     try {
       this.stmt.beginImmediate.run();
-      this.stmt.rollback.run();
+      try {
+        // The write lock alone proves little: in WAL mode it needs only the -wal and -shm files,
+        // and SQLite opens a database file it may not write (restored as root, say) read-only.
+        // A write, rolled back, fails then with SQLITE_READONLY instead of at the first job.
+        this.stmt.touch.run();
+      } finally {
+        this.stmt.rollback.run();
+      }
       return 'ok';
     } catch (err) {
       if (sqliteCode(err) === 'SQLITE_BUSY') return 'busy';
