@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { copyFileSync, existsSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeEach, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -252,6 +252,21 @@ describe('userops backup', () => {
     assert.equal(restored.database.users, total, 'the restored database, without the user made after the backup');
     assert.equal(restored.database.servesQueue, true, 'same db_id: the queue accepts it');
     assert.equal((await client.getUser('pre0')).nickname, 'pre0');
+  });
+
+  it('refuses a directory as <file>, with or without --force, before copying anything', async () => {
+    await startConsumer(s.t, consumerOptions);
+    const folder = join(dir, 'backups');
+    mkdirSync(folder);
+    const message = `userops: INVALID_CONFIG: Invalid <file>: ${folder} is a directory; give the path of a file to write, e.g. ${join(folder, 'userops-backup.db')}\n`;
+    for (const args of [['backup', folder], ['backup', '--force', folder]]) {
+      const run = await runCli(args, env);
+      assert.equal(run.code, 2, run.stderr);
+      assert.equal(run.stderr, message);
+      assert.equal(run.stdout, '');
+    }
+    assert.deepEqual(readdirSync(folder), []);
+    assert.deepEqual(readdirSync(dir).filter((name) => name.includes('.partial-')), [], 'no partial copy left beside it');
   });
 
   it('refuses a database that is not there, and creates none', async () => {

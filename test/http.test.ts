@@ -9,6 +9,7 @@ import { pino } from 'pino';
 import { UserOpsConsumer } from '../src/consumer/index.js';
 import type { ConsumerOptions } from '../src/consumer/options.js';
 import { UserExistsError, UserNotFoundError } from '../src/index.js';
+import { OP_NAMES } from '../src/protocol/index.js';
 import type { Teardown } from './helpers/fixtures.js';
 import { newClient, plainQueue, redisSuite, startConsumer, tempDb, user } from './helpers/fixtures.js';
 import { TestRedis } from './helpers/redis-server.js';
@@ -126,7 +127,15 @@ describe('consumer HTTP server', () => {
   it('counts ops by op and outcome, jobs, groups and queue depth exactly', async () => {
     const { base } = await served();
     const before = await scrape(base);
-    assert.equal(before.get('userops_ops_applied_total{op="user.create",outcome="ok"}'), undefined, 'nothing counted yet');
+    // Every op and outcome shown from the start, at 0: an alert on increase() must see the first one.
+    for (const op of OP_NAMES) {
+      for (const outcome of ['ok', 'USER_NOT_FOUND', 'USER_EXISTS', 'INVALID_INPUT', 'INTERNAL']) {
+        assert.equal(before.get(`userops_ops_applied_total{op="${op}",outcome="${outcome}"}`), 0, `${op} ${outcome}, before any op`);
+      }
+    }
+    assert.equal(before.get('userops_ops_applied_total{op="invalid",outcome="INVALID_INPUT"}'), 0);
+    assert.equal(before.get('userops_ops_applied_total{op="invalid",outcome="ok"}'), undefined, 'an op not ours is never ok');
+    for (const outcome of ['applied', 'replayed', 'failed', 'malformed']) assert.equal(before.get(`userops_jobs_total{outcome="${outcome}"}`), 0);
     assert.equal(before.get('userops_redis_up'), 1);
 
     const client = newClient(t, { redisUrl: redis.url, queue });
@@ -177,7 +186,7 @@ describe('consumer HTTP server', () => {
     const other = await served({ queue: `${queue}-b` });
     await newClient(t, { redisUrl: redis.url, queue }).createUser(user('only-one'));
     assert.equal((await scrape(one.base)).get('userops_ops_applied_total{op="user.create",outcome="ok"}'), 1);
-    assert.equal((await scrape(other.base)).get('userops_ops_applied_total{op="user.create",outcome="ok"}'), undefined);
+    assert.equal((await scrape(other.base)).get('userops_ops_applied_total{op="user.create",outcome="ok"}'), 0);
   });
 
   it('answers unknown paths 404 and other methods 405', async () => {

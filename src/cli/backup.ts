@@ -4,7 +4,7 @@
  * `PRAGMA integrity_check` before it takes the file's name.
  */
 import { existsSync, linkSync, realpathSync, renameSync, rmSync, statSync } from 'node:fs';
-import { dirname, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 
 import { SingleBar } from 'cli-progress';
 
@@ -94,6 +94,10 @@ function publish(partial: string, dest: string, force: boolean): void {
 export async function backupDatabase(dbPath: string, file: string, options: BackupOptions): Promise<BackupSummary> {
   const started = performance.now();
   const dest = resolve(file);
+  // Checked before --force is: a folder cannot be replaced by a file (rename fails with EISDIR).
+  if (statSync(dest, { throwIfNoEntry: false })?.isDirectory()) {
+    throw fileArgumentError(`${dest} is a directory; give the path of a file to write, e.g. ${join(dest, 'userops-backup.db')}`);
+  }
   if (sameFile(dest, dbPath)) throw fileArgumentError(`${dest} is the live database (USEROPS_DB); choose another file`);
   if (existsSync(dest) && !options.force) throw fileArgumentError(`${dest} exists; pass --force to replace it`);
   if (!existsSync(dirname(dest))) throw fileArgumentError(`folder ${dirname(dest)} does not exist`);

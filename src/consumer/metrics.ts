@@ -9,7 +9,7 @@
 import type { Queue } from 'bullmq';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 
-import { OP_NAMES, type OpResult } from '../protocol/index.js';
+import { ErrorCode, OP_NAMES, type OpResult } from '../protocol/index.js';
 import { withDeadline } from '../redis.js';
 import type { ConsumerRole } from './health.js';
 import type { Store } from './store.js';
@@ -25,6 +25,16 @@ const QUEUE_COUNT_DEADLINE_MS = 1000;
 
 /** The `op` label of an op whose name is not one of ours: keeps label values a closed set. */
 const UNKNOWN_OP = 'invalid';
+
+/**
+ * The `outcome` label values of `userops_ops_applied_total`: `ok`, or the code of the error an op
+ * answered with. These are the codes an op can answer with: the store's domain errors, the
+ * validation of `parseOp`, and INTERNAL for anything else that is not transient (apply.ts).
+ * Each op name has a series for each of them from the start, at 0: `increase()` and `rate()` see
+ * nothing of a series that appears already at 1, so an alert on the first INTERNAL after a restart
+ * would never fire. A code not listed here is still counted, its series appearing on first use.
+ */
+const OP_OUTCOMES = ['ok', ErrorCode.USER_NOT_FOUND, ErrorCode.USER_EXISTS, ErrorCode.INVALID_INPUT, ErrorCode.INTERNAL] as const;
 
 /** How a job left the consumer, the `outcome` label of `userops_jobs_total`. */
 export type JobOutcome = 'applied' | 'replayed' | 'failed' | 'malformed';
@@ -46,7 +56,7 @@ interface Tally {
 export class ConsumerMetrics {
   /** This consumer's registry, never prom-client's global one. */
   readonly registry = new Registry();
-  /** Tallies by op name, then outcome, created on first use. */
+  /** Tallies by op name, then outcome: each known pair from the start, any other on first use. */
   private readonly tallies = new Map<string, Map<string, Tally>>();
   /** Jobs by outcome not yet handed to the counter. */
   private readonly jobTallies: Record<JobOutcome, number> = { applied: 0, replayed: 0, failed: 0, malformed: 0 };
@@ -66,13 +76,16 @@ export class ConsumerMetrics {
       collect() {
         for (const byOutcome of tallies.values()) {
           for (const tally of byOutcome.values()) {
-            if (tally.pending === 0) continue;
+            // Adding 0 too: it makes the series of a tally not yet used exist, at 0.
             this.inc(tally.labels, tally.pending);
             tally.pending = 0;
           }
         }
       },
     });
+    for (const op of OP_NAMES) for (const outcome of OP_OUTCOMES) this.tally(op, outcome);
+    // An op with a name not ours is always refused by parseOp: one outcome only.
+    this.tally(UNKNOWN_OP, ErrorCode.INVALID_INPUT);
     const jobTallies = this.jobTallies;
     new Counter({
       name: 'userops_jobs_total',
