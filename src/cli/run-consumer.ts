@@ -11,7 +11,7 @@ import { createLogger } from '../logger.js';
 import { ConfigError } from '../protocol/errors.js';
 import { DEFAULT_REDIS_URL } from '../redis.js';
 
-/** Past this, shutdown gives up waiting and exits non-zero; below compose's 10 s grace period. */
+/** Past this, shutdown gives up waiting and exits non-zero: inside the grace the compose file (15 s) and the systemd unit (12 s) give it before SIGKILL. */
 const SHUTDOWN_DEADLINE_MS = 9000;
 
 /** Runs until a signal arrives; resolves once started. */
