@@ -13,7 +13,7 @@ import { type Logger, pino } from 'pino';
 import { coerceError, type JobResults, RedisUnavailableError } from '../protocol/index.js';
 import { queueOptions, RedisConnections, redactUrl, settleWithin, userOpsKey, withDeadline } from '../redis.js';
 import { BackgroundCheckpointer } from './checkpointer.js';
-import { bindDatabase, earlyRefusal, fileDatabaseId, queueDatabaseId } from './db-identity.js';
+import { bindDatabase, earlyRefusal, queueDatabaseId } from './db-identity.js';
 import { type ConsumerOptions, type ResolvedConsumerOptions, resolveConsumerOptions } from './options.js';
 import { backoffMs, GroupCommitter } from './group-commit.js';
 import { checkReadiness, type ConsumerRole, type ConsumerState, type Readiness } from './health.js';
@@ -23,7 +23,7 @@ import { ConsumerMetrics } from './metrics.js';
 import { RedisWatch } from './redis-watch.js';
 import { ReplySender } from './replies.js';
 import { isTransientSqliteError, sqliteCode } from './sqlite-errors.js';
-import { Store } from './store.js';
+import { fileDatabaseId, Store } from './store.js';
 import { leaseOwner, WriterLease } from './writer-lease.js';
 
 /** Completed jobs stay readable this long, so a client that missed the event can still look. */

@@ -16,7 +16,6 @@ import type { Redis } from 'ioredis';
 
 import { ConfigError } from '../protocol/index.js';
 import { userOpsKey } from '../redis.js';
-import Database from './sqlite-driver.js';
 
 /** Which queue a consumer serves, and from which file. */
 export interface DatabaseTarget {
@@ -46,30 +45,8 @@ export async function bindDatabase(redis: Redis, target: DatabaseTarget, dbId: s
 }
 
 /**
- * The id of the database file at `path`, read without changing it: `null` when it has none (no
- * such file, or a schema from before identities), `undefined` when it cannot be read now (the
- * consumer then opens it as usual, waits for it if need be, and checks when binding).
- */
-export function fileDatabaseId(path: string): string | null | undefined {
-  if (!existsSync(path)) return null;
-  try {
-    const db = new Database(path, { readonly: true, fileMustExist: true });
-    try {
-      const hasMeta = db.prepare("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'meta'").get() !== undefined;
-      if (!hasMeta) return null;
-      const row = db.prepare("SELECT value FROM meta WHERE key = 'db_id'").get() as { value: string } | undefined;
-      return row?.value ?? null;
-    } finally {
-      db.close();
-    }
-  } catch {
-    return undefined;
-  }
-}
-
-/**
- * Why the consumer must refuse the queue before opening its database (`mine`, from
- * {@link fileDatabaseId}) for writing, or `undefined`. `theirs` is the queue's, `null` if none yet.
+ * Why the consumer must refuse the queue before opening its database (`mine`, from store.ts's
+ * `fileDatabaseId`) for writing, or `undefined`. `theirs` is the queue's, `null` if none yet.
  */
 export function earlyRefusal(target: DatabaseTarget, mine: string | null, theirs: string | null): ConfigError | undefined {
   if (theirs === null || mine === theirs) return undefined;
@@ -79,10 +56,15 @@ export function earlyRefusal(target: DatabaseTarget, mine: string | null, theirs
 /** @param mine - the refused database's id; `null` for a database with none (not created yet, or from before identities) */
 function refusal(target: DatabaseTarget, theirs: string, mine: string | null): ConfigError {
   const { queue, dbPath } = target;
-  const none = !existsSync(dbPath) ? 'does not exist (a new database could not be it)' : 'has no identity yet (a schema from before identities: one is made when it is upgraded, so it could not be it)';
+  const [what, why] =
+    mine !== null
+      ? [`is database ${mine}`, '']
+      : existsSync(dbPath)
+        ? ['has no identity yet', ' (a schema from before identities: one is made when it is upgraded, so it could not be it)']
+        : ['does not exist', ' (a new database could not be it)'];
   return new ConfigError(
-    [{ path: 'USEROPS_DB', message: mine === null ? `${dbPath} ${none.split(' (')[0]}; the queue's database is ${theirs}` : `database ${mine} is not the queue's database ${theirs}` }],
-    `Queue ${queue} is served from database ${theirs}, but ${dbPath} ${mine === null ? none : `is database ${mine}`}. ` +
+    [{ path: 'USEROPS_DB', message: `${dbPath} ${what}, not the queue's database ${theirs}` }],
+    `Queue ${queue} is served from database ${theirs}, but ${dbPath} ${what}${why}. ` +
       `Point USEROPS_DB at that database (or a backup of it), or use another queue. If the old database is gone for good, ` +
       `or this file is it from before the upgrade, delete the Redis key ${databaseKey(target)} to serve the queue from this one.`,
   );

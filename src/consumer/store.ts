@@ -2,7 +2,7 @@
  * The SQLite store: the only module that holds SQL. Synchronous by design, like better-sqlite3:
  * a transaction is a plain function with no `await` inside, so nothing can interleave with it.
  */
-import { mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 
 import type BetterSqlite3 from 'better-sqlite3';
@@ -162,7 +162,7 @@ export class Store {
 
   /** This database's identity, created with it and kept by backups and copies of the file. */
   get dbId(): string {
-    return (this.db.prepare("SELECT value FROM meta WHERE key = 'db_id'").get() as { value: string }).value;
+    return databaseId(this.db) as string; // migration 3 made it
   }
 
   /** Number of users. */
@@ -256,6 +256,31 @@ function hasTable(db: BetterSqlite3.Database, name: string): boolean {
   return db.prepare("SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?").get(name) !== undefined;
 }
 
+/** The database's identity (`meta.db_id`), or `undefined` in a schema from before identities (< 3). */
+function databaseId(db: BetterSqlite3.Database): string | undefined {
+  if (!hasTable(db, 'meta')) return undefined;
+  return (db.prepare("SELECT value FROM meta WHERE key = 'db_id'").get() as { value: string } | undefined)?.value;
+}
+
+/**
+ * The identity of the database file at `path`, read without creating, migrating or writing it:
+ * `null` when it has none (no such file, or a schema from before identities), `undefined` when it
+ * cannot be read now (missing volume, no permission...).
+ */
+export function fileDatabaseId(path: string): string | null | undefined {
+  if (!existsSync(path)) return null;
+  try {
+    const db = new Database(path, { readonly: true, fileMustExist: true });
+    try {
+      return databaseId(db) ?? null;
+    } finally {
+      db.close();
+    }
+  } catch {
+    return undefined;
+  }
+}
+
 /**
  * Rows in the ledger: as its triggers keep count from schema 4, or counted (~10 ms per million
  * rows) before that or when `count` asks for the rows themselves.
@@ -267,7 +292,7 @@ function ledgerRows(db: BetterSqlite3.Database, count: boolean): number {
 /** @param countLedger - count the ledger's rows rather than read the kept count */
 function summarize(db: BetterSqlite3.Database, countLedger = false): DatabaseSummary {
   const schemaVersion = db.pragma('user_version', { simple: true }) as number;
-  const dbId = hasTable(db, 'meta') ? (db.prepare("SELECT value FROM meta WHERE key = 'db_id'").get() as { value: string } | undefined)?.value : undefined;
+  const dbId = databaseId(db);
   return {
     schemaVersion,
     ...(dbId === undefined ? {} : { dbId }),
