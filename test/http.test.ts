@@ -88,6 +88,7 @@ describe('consumer HTTP server', () => {
     const samples = await scrape(base);
     assert.equal(samples.get('userops_redis_up'), 0, '/metrics answers, saying Redis is down');
     assert.equal(samples.has('userops_queue_jobs{state="waiting"}'), false, 'no stale queue depth');
+    assert.ok(Number.isNaN(samples.get('userops_queue_paused')), 'nor a stale paused flag');
   });
 
   it('answers /readyz 503 "starting" while Redis is awaited, then 200 once it comes', async () => {
@@ -169,6 +170,7 @@ describe('consumer HTTP server', () => {
     assert.equal(m.get('userops_queue_jobs{state="failed"}'), 1);
     assert.equal(m.get('userops_queue_jobs{state="waiting"}'), 0);
     assert.equal(m.get('userops_writer'), 1);
+    assert.equal(m.get('userops_queue_paused'), 0);
     assert.ok((m.get('process_cpu_seconds_total') ?? 0) > 0, "prom-client's process metrics");
 
     // A job another service added with a priority waits in a state of its own; the queue is
@@ -179,6 +181,7 @@ describe('consumer HTTP server', () => {
     const paused = await scrape(base);
     assert.equal(paused.get('userops_queue_jobs{state="prioritized"}'), 1);
     assert.equal(paused.get('userops_queue_jobs{state="waiting"}'), 0);
+    assert.equal(paused.get('userops_queue_paused'), 1, 'a paused queue is visible to alerts, not only to `stats`');
   });
 
   it('keeps the counts of two consumers in one process apart', async () => {

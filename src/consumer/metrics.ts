@@ -141,8 +141,8 @@ export class ConsumerMetrics {
         if (store?.db.open) this.set(store.ledgerSize());
       },
     });
-    // Both gauges below come from one count per scrape: prom-client collects them side by side.
-    let counting: Promise<Record<string, number> | undefined> | undefined;
+    // The gauges below come from one count per scrape: prom-client collects them side by side.
+    let counting: Promise<QueueCount | undefined> | undefined;
     const countQueue = () => (counting ??= countJobs(sources.queue()).finally(() => (counting = undefined)));
     new Gauge({
       name: 'userops_redis_up',
@@ -158,10 +158,20 @@ export class ConsumerMetrics {
       labelNames: ['state'],
       registers,
       async collect() {
-        const counts = await countQueue();
+        const count = await countQueue();
         // Unknown is better shown as absent than as the last value seen.
         this.reset();
-        if (counts) for (const state of QUEUE_STATES) this.labels(state).set(counts[state] ?? 0);
+        if (count) for (const state of QUEUE_STATES) this.labels(state).set(count.jobs[state] ?? 0);
+      },
+    });
+    new Gauge({
+      name: 'userops_queue_paused',
+      help: '1 while the queue is paused (nothing is taken from it), else 0; NaN when Redis does not answer.',
+      registers,
+      async collect() {
+        const count = await countQueue();
+        // A gauge without labels cannot be left out, and 0 would say "not paused": NaN says unknown.
+        this.set(count ? Number(count.paused) : Number.NaN);
       },
     });
     // Standard names (process_*, nodejs_*), unprefixed, so stock Node.js dashboards work.
@@ -205,10 +215,18 @@ export class ConsumerMetrics {
 }
 
 /** The queue's job counts by state, or `undefined` when Redis does not answer in time. */
-async function countJobs(queue: Queue | undefined): Promise<Record<string, number> | undefined> {
+/** The queue as one scrape sees it. */
+interface QueueCount {
+  jobs: Record<string, number>;
+  /** Paused by an operator (BullMQ's pause): jobs wait however many there are. */
+  paused: boolean;
+}
+
+async function countJobs(queue: Queue | undefined): Promise<QueueCount | undefined> {
   if (!queue) return undefined;
   try {
-    return await withDeadline(queue.getJobCounts(...QUEUE_STATES), QUEUE_COUNT_DEADLINE_MS, () => new Error('timed out'));
+    const [jobs, paused] = await withDeadline(Promise.all([queue.getJobCounts(...QUEUE_STATES), queue.isPaused()]), QUEUE_COUNT_DEADLINE_MS, () => new Error('timed out'));
+    return { jobs, paused };
   } catch {
     return undefined;
   }
