@@ -90,7 +90,6 @@ async function withClient(run: (client: UserOpsClient) => Promise<unknown>): Pro
   }
 }
 
-
 /** Parses a `--limit` value; commander names the flag in front of the message. */
 function listLimit(value: string): number {
   const n = Number(value);

@@ -214,7 +214,6 @@ export class ConsumerMetrics {
   }
 }
 
-/** The queue's job counts by state, or `undefined` when Redis does not answer in time. */
 /** The queue as one scrape sees it. */
 interface QueueCount {
   jobs: Record<string, number>;
@@ -222,6 +221,7 @@ interface QueueCount {
   paused: boolean;
 }
 
+/** The queue's job counts by state and whether it is paused, or `undefined` when Redis does not answer in time. */
 async function countJobs(queue: Queue | undefined): Promise<QueueCount | undefined> {
   if (!queue) return undefined;
   try {

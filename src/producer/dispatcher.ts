@@ -29,6 +29,7 @@ import {
   type UserOpsError,
   type WireOp,
 } from '../protocol/index.js';
+import { settleWithin } from '../redis.js';
 
 /** One call waiting for its result. */
 interface PendingCall {
@@ -301,18 +302,15 @@ export class Dispatcher {
     const unsent = this.outbox.splice(0);
     for (const call of unsent) this.settle(call, new ClientClosedError());
     const sent = [...this.inFlight.keys()];
-    let timer: NodeJS.Timeout | undefined;
-    const expired = new Promise<false>((resolve) => {
-      timer = setTimeout(() => resolve(false), withinMs);
-    });
-    const withdrawn = await Promise.all(sent.map((jobId) => Promise.race([this.withdrawOnce(jobId).catch(() => false), expired])));
-    clearTimeout(timer);
+    const withdrawn = new Set<string>();
+    const withdrawing = sent.map((jobId) => this.withdrawOnce(jobId).then((ok) => ok && withdrawn.add(jobId), () => undefined));
+    await settleWithin(Promise.all(withdrawing), withinMs);
     let stranded = unsent.length;
-    sent.forEach((jobId, i) => {
+    for (const jobId of sent) {
       const calls = this.finish(jobId) ?? [];
       stranded += calls.length;
-      for (const call of calls) this.settle(call, new ClientClosedError(jobId, withdrawn[i] ? false : 'unknown'));
-    });
+      for (const call of calls) this.settle(call, new ClientClosedError(jobId, withdrawn.has(jobId) ? false : 'unknown'));
+    }
     if (stranded > 0) this.log.debug({ calls: stranded }, 'client closed with calls pending');
   }
 }
