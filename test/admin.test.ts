@@ -121,6 +121,13 @@ describe('userops failed and retry', () => {
     const table = await runCli(['failed', '--limit', '1'], env);
     assert.equal(table.code, 0, table.stderr);
     assert.match(table.stdout, /^ID +FAILED AT +OPS +ATTEMPTS +REASON\nv2-1 +\S+ +1 +1 +Invalid job: v: must be 1[^\n]*\n$/);
+    // The next page, then one past the end, which must not read as "no failed jobs" at all.
+    assert.deepEqual((await listFailed(config, 1, 1)).map((j) => j.id), ['empty-1']);
+    const page2 = await runCli(['failed', '--limit', '1', '--offset', '1', '--json'], env);
+    assert.equal(page2.code, 0, page2.stderr);
+    assert.deepEqual((JSON.parse(page2.stdout) as { id: string }[]).map((j) => j.id), ['empty-1']);
+    const past = await runCli(['failed', '--offset', '2'], env);
+    assert.equal(past.stdout, 'no failed jobs after the newest 2\n');
 
     const finishedBefore = (await queue.getJob('empty-1'))?.finishedOn ?? 0;
     assert.deepEqual(await retryJob(config, 'empty-1'), { retried: ['empty-1'], skipped: [] });
@@ -150,6 +157,9 @@ describe('userops failed and retry', () => {
     const limit = await runCli(['failed', '--limit', '1001'], env);
     assert.equal(limit.code, 2);
     assert.match(limit.stderr, /^userops: option '--limit <n>' argument '1001' is invalid\. expected a whole number from 1 to 1000, got "1001" \(run 'userops failed --help' for usage\)\n$/);
+    const offset = await runCli(['failed', '--offset', '-1'], env);
+    assert.equal(offset.code, 2);
+    assert.match(offset.stderr, /^userops: option '--offset <n>' argument '-1' is invalid\. expected a whole number, 0 or more, got "-1" /);
   });
 
   it('applies a job that failed for being too large once the limit is raised', async () => {

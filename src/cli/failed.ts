@@ -37,18 +37,24 @@ function describe(job: Job): FailedJob {
   };
 }
 
-/** The newest `limit` failed jobs, newest first. */
-export function listFailed(config: AdminConfig, limit: number): Promise<FailedJob[]> {
+/**
+ * Up to `limit` failed jobs, newest first, after skipping the `offset` newest: pages through all
+ * that are kept, which are more than one page may hold.
+ */
+export function listFailed(config: AdminConfig, limit: number, offset = 0): Promise<FailedJob[]> {
   return withAdminQueue(config, async ({ queue }) => {
-    const jobs = await queue.getFailed(0, limit - 1);
+    const jobs = await queue.getFailed(offset, offset + limit - 1);
     // A job removed between the range read and the fetch comes back empty.
     return jobs.filter((job): job is Job => Boolean(job?.id)).map(describe);
   });
 }
 
-/** The list as a table for people; reasons are shortened (`--json` has them whole). */
-export function formatFailed(jobs: FailedJob[]): string {
-  if (jobs.length === 0) return 'no failed jobs';
+/**
+ * The list as a table for people; reasons are shortened (`--json` has them whole).
+ * @param offset - how many newer jobs the list skipped, so an empty page is not read as none at all
+ */
+export function formatFailed(jobs: FailedJob[], offset = 0): string {
+  if (jobs.length === 0) return offset > 0 ? `no failed jobs after the newest ${offset}` : 'no failed jobs';
   return formatTable([
     ['ID', 'FAILED AT', 'OPS', 'ATTEMPTS', 'REASON'],
     ...jobs.map((j) => [j.id, j.failedAt ?? '-', j.ops === null ? '-' : String(j.ops), String(j.attemptsMade), shorten(j.failedReason, 100)]),

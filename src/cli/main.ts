@@ -90,6 +90,13 @@ async function withClient(run: (client: UserOpsClient) => Promise<unknown>): Pro
   }
 }
 
+/** Parses an `--offset` value: a whole number, 0 or more. */
+function listOffset(value: string): number {
+  const n = Number(value);
+  if (!/^\d+$/.test(value.trim()) || !Number.isSafeInteger(n)) throw new InvalidArgumentError(`expected a whole number, 0 or more, got "${value}"`);
+  return n;
+}
+
 /** Parses a `--limit` value; commander names the flag in front of the message. */
 function listLimit(value: string): number {
   const n = Number(value);
@@ -115,8 +122,9 @@ function addAdminCommands(program: Command): void {
     .command('failed')
     .description('failed jobs, newest first, with the reason each failed')
     .addOption(new Option('--limit <n>', `at most n jobs (1-${MAX_LIST_LIMIT})`).argParser(listLimit).default(20))
+    .addOption(new Option('--offset <n>', 'skip the n newest (for the next page)').argParser(listOffset).default(0))
     .option('--json', 'print JSON instead of a table')
-    .action(async (o: { limit: number; json?: boolean }) => print(await listFailed(adminConfig(), o.limit), o.json, formatFailed));
+    .action(async (o: { limit: number; offset: number; json?: boolean }) => print(await listFailed(adminConfig(), o.limit, o.offset), o.json, (jobs) => formatFailed(jobs, o.offset)));
 
   program
     .command('retry')
