@@ -143,6 +143,28 @@ describe('consumer', () => {
     assert.deepEqual(consumer.database?.listUsers({}).map((u) => u.nickname), ['good']);
   });
 
+  it('answers an op the store fails for no fault of the caller as INTERNAL, logs why, and applies its neighbours', async () => {
+    const db = t.add(tempDb(), (d) => d.cleanup());
+    const { log, lines } = capturedLog();
+    const consumer = await startConsumer(t, { redisUrl: redis.url, queue, dbPath: db.dbPath, logger: log });
+    // Something in the file the code does not expect, as a hand-added trigger is.
+    const other = new Database(db.dbPath);
+    other.exec("CREATE TRIGGER no_mallory BEFORE INSERT ON users WHEN NEW.nickname = 'mallory' BEGIN SELECT RAISE(ABORT, 'mallory is banned here'); END");
+    other.close();
+    const outcome = await foreignProducer().run({ v: 1, ops: [create('alice'), create('mallory'), create('bob')] }, 'job-internal');
+    assert.equal(outcome.state, 'completed');
+    const { results } = outcome.value as { results: { ok: boolean; error?: { code: string; message: string } }[] };
+    assert.deepEqual(results.map((r) => (r.ok ? 'ok' : r.error?.code)), ['ok', 'INTERNAL', 'ok']);
+    assert.equal(results[1]?.error?.message, 'Internal error: mallory is banned here');
+    assert.deepEqual(consumer.database?.listUsers({}).map((u) => u.nickname), ['alice', 'bob']);
+    const logged = lines.filter((l) => l.msg === 'op failed with an internal error; answered INTERNAL, its neighbours applied');
+    assert.equal(logged.length, 1);
+    assert.equal(logged[0]?.level, 50);
+    assert.equal(logged[0]?.jobId, 'job-internal');
+    assert.equal(logged[0]?.op, 1);
+    assert.match(String((logged[0]?.err as { stack?: unknown } | undefined)?.stack), /mallory is banned here/);
+  });
+
   it('answers a job delivered again from the ledger and applies nothing twice', async () => {
     const db = t.add(tempDb(), (d) => d.cleanup());
     const consumer = await startConsumer(t, { redisUrl: redis.url, queue, dbPath: db.dbPath });

@@ -22,6 +22,11 @@ export interface Applied {
   replayed: boolean;
   /** True when the ledger held another payload under this job id (Redis lost its data?). */
   reusedId?: boolean;
+  /**
+   * The errors behind the job's `INTERNAL` results, by op index, for the log: the caller gets
+   * only the message, the operator needs the stack.
+   */
+  internalErrors?: { op: number; err: unknown }[];
 }
 
 function run(store: Store, op: Op, now: number): unknown {
@@ -67,10 +72,12 @@ export function applyJobs(store: Store, jobs: readonly ValidJob[], now = Date.no
         const hash = payloadHash(job.ops, job.opsJson);
         const recorded = store.ledgerGet(job.id, hash);
         if (recorded && 'results' in recorded) return { ...recorded, replayed: true };
-        const results = job.ops.map((raw) => applyOne(store, raw, now));
+        let internalErrors: Applied['internalErrors'];
+        const internal = (op: number, err: unknown) => (internalErrors ??= []).push({ op, err });
+        const results = job.ops.map((raw, op) => applyOne(store, raw, now, op, internal));
         const resultsJson = JSON.stringify(results);
         store.ledgerPut(job.id, hash, resultsJson, now);
-        return { results, resultsJson, replayed: false, reusedId: recorded !== undefined };
+        return { results, resultsJson, replayed: false, reusedId: recorded !== undefined, ...(internalErrors ? { internalErrors } : {}) };
       }),
     )
     .immediate();
@@ -85,7 +92,8 @@ export function applyJob(store: Store, jobId: string, data: unknown, maxOps: num
   return applyJobs(store, [{ id: jobId, ops, opsJson }], now)[0] as Applied;
 }
 
-function applyOne(store: Store, raw: unknown, now: number): OpResult {
+/** @param internal - told of an error that becomes op `index`'s `INTERNAL` result */
+function applyOne(store: Store, raw: unknown, now: number, index: number, internal: (op: number, err: unknown) => void): OpResult {
   try {
     const op = parseOp(raw);
     const value = store.inSavepoint(() => run(store, op, now));
@@ -95,6 +103,7 @@ function applyOne(store: Store, raw: unknown, now: number): OpResult {
     if (isTransientSqliteError(err)) throw err;
     // Deterministic and not the caller's fault (a bug, a corrupt row): report it on this op rather
     // than retrying a job that would fail the same way forever.
+    internal(index, err);
     const message = err instanceof Error ? err.message : String(err);
     return { ok: false, error: { code: ErrorCode.INTERNAL, message: `Internal error: ${message}` } };
   }

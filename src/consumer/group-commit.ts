@@ -193,9 +193,10 @@ export class GroupCommitter {
         if (reply) replies.push({ replyId: reply, reply: { jobId: job.id as string, failed: outcome.message } });
         return;
       }
-      const { results, resultsJson, replayed, reusedId } = outcome;
+      const { results, resultsJson, replayed, reusedId, internalErrors } = outcome;
       this.metrics.jobCommitted(ops, results, replayed, job.timestamp, committedAt);
       if (reusedId) this.log.warn({ jobId: job.id }, 'job id seen before with another payload (did Redis lose data?); applied as a new job');
+      for (const { op, err } of internalErrors ?? []) this.log.error({ jobId: job.id, op, err: coerceError(err) }, 'op failed with an internal error; answered INTERNAL, its neighbours applied');
       if (debug) this.log.debug({ jobId: job.id, ops: results.length, failed: results.filter((r) => !r.ok).length, replayed, groupJobs: group.length, ms }, replayed ? 'job replayed from ledger' : 'job applied');
       completions.push(() => job.moveToCompleted({ results }, this.token, false));
       // The return value as BullMQ would write it, from the JSON already made for the ledger.
