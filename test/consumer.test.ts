@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { beforeEach, describe, it } from 'node:test';
 
-import { type Job, QueueEvents } from 'bullmq';
+import { FlowProducer, type Job, QueueEvents } from 'bullmq';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
 
@@ -163,6 +163,56 @@ describe('consumer', () => {
     assert.equal(logged[0]?.jobId, 'job-internal');
     assert.equal(logged[0]?.op, 1);
     assert.match(String((logged[0]?.err as { stack?: unknown } | undefined)?.stack), /mallory is banned here/);
+  });
+
+  it('fails, without applying it, a flow parent that BullMQ failed because a required child failed', async () => {
+    const db = t.add(tempDb(), (d) => d.cleanup());
+    const { log, lines } = capturedLog();
+    const consumer = await startConsumer(t, { redisUrl: redis.url, queue, dbPath: db.dbPath, logger: log });
+    const flows = t.add(new FlowProducer({ connection: { url: redis.url } }), (f) => f.close());
+    const flow = await flows.add({
+      name: 'parent',
+      queueName: queue,
+      data: { v: 1, ops: [create('parent-op')] },
+      children: [
+        { name: 'good', queueName: queue, data: { v: 1, ops: [create('child-op')] } },
+        { name: 'bad', queueName: queue, data: { v: 9 }, opts: { failParentOnFailure: true } },
+      ],
+    });
+    const q = plainQueue(t, redis.url, queue);
+    const parentId = flow.job.id as string;
+    await until('the parent to fail', async () => (await q.getJobState(parentId)) === 'failed');
+    assert.match((await q.getJob(parentId))?.failedReason ?? '', /child .* failed/);
+    assert.deepEqual(consumer.database?.listUsers({}).map((u) => u.nickname), ['child-op'], "the parent's op was not applied");
+    assert.ok(lines.some((l) => l.msg === 'job failed by BullMQ before it was applied; failing it' && l.jobId === parentId));
+  });
+
+  it('completes a job whose timestamp is not a number, and the jobs beside it', async () => {
+    const db = t.add(tempDb(), (d) => d.cleanup());
+    const q = plainQueue(t, redis.url, queue);
+    // Queued before the consumer runs, so all three are one group.
+    await q.add('batch', { v: 1, ops: [create('before')] }, { jobId: 'ts-before' });
+    await q.add('batch', { v: 1, ops: [create('odd')] }, { jobId: 'ts-odd', timestamp: 'abc' as unknown as number });
+    await q.add('batch', { v: 1, ops: [create('after')] }, { jobId: 'ts-after' });
+    await startConsumer(t, { redisUrl: redis.url, queue, dbPath: db.dbPath });
+    for (const id of ['ts-before', 'ts-odd', 'ts-after']) await until(`${id} to complete`, async () => (await q.getJobState(id)) === 'completed');
+  });
+
+  it('keeps the jobs fetched beside one whose stored data BullMQ cannot read', async () => {
+    const db = t.add(tempDb(), (d) => d.cleanup());
+    const { log, lines } = capturedLog();
+    const q = plainQueue(t, redis.url, queue);
+    await q.add('batch', { v: 1, ops: [create('first')] }, { jobId: 'good-1' });
+    // Written by hand, as no Queue would: its data is not JSON. Fetched right after good-1.
+    const raw = t.add(new Redis(redis.url), (c) => c.disconnect());
+    await raw.hset(`bull:${queue}:unreadable`, 'name', 'batch', 'data', '{not json', 'opts', '{}', 'timestamp', String(Date.now()));
+    await raw.lpush(`bull:${queue}:wait`, 'unreadable');
+    await q.add('batch', { v: 1, ops: [create('second')] }, { jobId: 'good-2' });
+    await startConsumer(t, { redisUrl: redis.url, queue, dbPath: db.dbPath, logger: log });
+    for (const id of ['good-1', 'good-2']) await until(`${id} to complete`, async () => (await q.getJobState(id)) === 'completed');
+    assert.ok(lines.some((l) => l.msg === 'skipped a job whose stored data or options are not JSON; BullMQ cannot read it'));
+    // Before, the fetch round's failure dropped good-1 while it was locked: it completed only after stalling.
+    assert.deepEqual(lines.filter((l) => l.msg === 'job stalled; it will be re-delivered').map((l) => l.jobId), []);
   });
 
   it('answers a job delivered again from the ledger and applies nothing twice', async () => {

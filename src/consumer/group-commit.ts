@@ -92,7 +92,13 @@ export class GroupCommitter {
   async take(worker: Worker<unknown, JobResults>): Promise<UJob[]> {
     const group = await this.takePrefetched();
     if (group.length === 0) {
-      const first = await worker.getNextJob(this.token, { block: true });
+      let first: UJob | undefined;
+      try {
+        first = await worker.getNextJob(this.token, { block: true });
+      } catch (err) {
+        if (!(err instanceof SyntaxError)) throw err;
+        this.skippedUnreadable(err);
+      }
       if (!first) return [];
       group.push(first);
       if (this.lastGroupJobs === 1) {
@@ -123,8 +129,28 @@ export class GroupCommitter {
 
   /** Up to `n` waiting jobs, in queue order, in one round trip. */
   private async fetchRound(worker: Worker<unknown, JobResults>, n: number): Promise<UJob[]> {
-    const fetched = await Promise.all(Array.from({ length: n }, () => worker.getNextJob(this.token, { block: false })));
-    return fetched.filter((job) => job !== undefined);
+    const fetched = await Promise.allSettled(Array.from({ length: n }, () => worker.getNextJob(this.token, { block: false })));
+    const jobs: UJob[] = [];
+    for (const f of fetched) {
+      if (f.status === 'fulfilled') {
+        if (f.value) jobs.push(f.value);
+      } else if (f.reason instanceof SyntaxError) {
+        // The jobs fetched beside an unreadable one must not be lost with it.
+        this.skippedUnreadable(f.reason);
+      } else {
+        // Redis failed mid-round: the jobs it did hand over are locked to this consumer and are applied.
+        this.log.warn({ err: coerceError(f.reason) }, 'a fetch failed');
+      }
+    }
+    return jobs;
+  }
+
+  /**
+   * A job whose hash BullMQ cannot parse (written into Redis by hand, not through a Queue) has no
+   * id to fail it by: it is left active, stalls, and comes back, each time with this warning.
+   */
+  private skippedUnreadable(err: SyntaxError): void {
+    this.log.warn({ err }, 'skipped a job whose stored data or options are not JSON; BullMQ cannot read it');
   }
 
   /** Jobs a prefetch took (they are locked to this consumer), or none; they are the caller's now. */
@@ -163,6 +189,16 @@ export class GroupCommitter {
     const replies: Addressed[] = [];
     const valid: ValidJob[] = [];
     for (const job of group) {
+      if (job.deferredFailure) {
+        // BullMQ has failed it and asks the worker to record that: a flow child that had to
+        // succeed failed, or it stalled more often than allowed. It must not be applied now.
+        this.log.warn({ jobId: job.id, reason: job.deferredFailure }, 'job failed by BullMQ before it was applied; failing it');
+        this.metrics.jobRejected('failed');
+        acks.push(this.acked(job, job.moveToFailed(new UnrecoverableError(job.deferredFailure), this.token, false)));
+        const replyId = replyIdOf(job.data);
+        if (replyId) replies.push({ replyId, reply: { jobId: job.id as string, failed: job.deferredFailure } });
+        continue;
+      }
       try {
         valid.push({ job, ...parseEnvelope(job.data, this.options.maxOpsPerJob, this.options.maxJobBytes) });
       } catch (err) {
@@ -170,7 +206,7 @@ export class GroupCommitter {
         const reason = coerceError(err).message;
         this.log.warn({ jobId: job.id, reason }, 'malformed job rejected');
         this.metrics.jobRejected('malformed');
-        acks.push(job.moveToFailed(new UnrecoverableError(reason), this.token, false));
+        acks.push(this.acked(job, job.moveToFailed(new UnrecoverableError(reason), this.token, false)));
         // Its sender, if it named a valid reply id, hears at once rather than when it looks the job up.
         const replyId = replyIdOf(job.data);
         if (replyId) replies.push({ replyId, reply: { jobId: job.id as string, failed: reason } });
@@ -189,7 +225,7 @@ export class GroupCommitter {
       if (outcome instanceof Error) {
         this.log.error({ jobId: job.id, err: outcome }, 'job failed to apply');
         this.metrics.jobRejected('failed');
-        acks.push(job.moveToFailed(outcome, this.token, false));
+        acks.push(this.acked(job, job.moveToFailed(outcome, this.token, false)));
         if (reply) replies.push({ replyId: reply, reply: { jobId: job.id as string, failed: outcome.message } });
         return;
       }
@@ -198,7 +234,7 @@ export class GroupCommitter {
       if (reusedId) this.log.warn({ jobId: job.id }, 'job id seen before with another payload (did Redis lose data?); applied as a new job');
       for (const { op, err } of internalErrors ?? []) this.log.error({ jobId: job.id, op, err: coerceError(err) }, 'op failed with an internal error; answered INTERNAL, its neighbours applied');
       if (debug) this.log.debug({ jobId: job.id, ops: results.length, failed: results.filter((r) => !r.ok).length, replayed, groupJobs: group.length, ms }, replayed ? 'job replayed from ledger' : 'job applied');
-      completions.push(() => job.moveToCompleted({ results }, this.token, false));
+      completions.push(() => this.acked(job, job.moveToCompleted({ results }, this.token, false)));
       // The return value as BullMQ would write it, from the JSON already made for the ledger.
       if (reply) replies.push({ replyId: reply, reply: { jobId: job.id as string, returnvalue: `{"results":${resultsJson}}` } });
     });
@@ -213,16 +249,22 @@ export class GroupCommitter {
     for (const complete of completions) acks.push(complete());
     if (debug) this.log.debug({ jobs: group.length, takeMs: Number(takeMs.toFixed(3)), applyMs: ms }, 'group committed');
     // The group is durable: the next one can be taken while these acknowledgements travel.
-    const acking = Promise.allSettled(acks).then((acked) => {
+    const acking = Promise.allSettled(acks).then(() => {
       this.acking.delete(acking);
-      for (const ack of acked) {
-        if (ack.status === 'rejected') {
-          // Committed but not acknowledged: the job will be re-delivered and answered from the ledger.
-          this.log.warn({ err: coerceError(ack.reason) }, 'could not acknowledge a job; it will be re-delivered');
-        }
-      }
     });
     this.acking.add(acking);
+  }
+
+  /** An acknowledgement that, if Redis refuses it, says so naming the job; it never rejects. */
+  private acked(job: UJob, ack: Promise<unknown>): Promise<void> {
+    return ack.then(
+      () => undefined,
+      (err: unknown) => {
+        // Usually the job stays active and is re-delivered, then answered from the ledger; BullMQ
+        // may also have moved it and failed only in its clean-up (a bad removeOnComplete option).
+        this.log.warn({ err: coerceError(err), jobId: job.id }, 'could not acknowledge a job; unless Redis recorded it anyway, it will be re-delivered');
+      },
+    );
   }
 
   /**

@@ -192,7 +192,8 @@ export class ConsumerMetrics {
   jobCommitted(ops: readonly unknown[], results: readonly OpResult[], replayed: boolean, createdAt: number, committedAt: number): void {
     this.jobTallies[replayed ? 'replayed' : 'applied']++;
     // Clocks of producer and consumer hosts differ; a job cannot have waited less than nothing.
-    this.jobLatency.observe(Math.max(0, committedAt - createdAt) / 1000);
+    // A job added with a timestamp that is not a number has no wait to tell (prom-client would throw).
+    if (Number.isFinite(createdAt)) this.jobLatency.observe(Math.max(0, committedAt - createdAt) / 1000);
     if (replayed) return;
     for (let i = 0; i < results.length; i++) {
       const result = results[i] as OpResult;
