@@ -215,6 +215,23 @@ describe('consumer', () => {
     assert.deepEqual(lines.filter((l) => l.msg === 'job stalled; it will be re-delivered').map((l) => l.jobId), []);
   });
 
+  it('stops gathering a group at a job past the byte limit, so a run of huge jobs is refused a few at a time', async () => {
+    const db = t.add(tempDb(), (d) => d.cleanup());
+    const { log, lines } = capturedLog();
+    const q = plainQueue(t, redis.url, queue);
+    const huge = { v: 1, ops: [{ op: 'user.get', args: { nickname: 'n'.repeat(4096) } }] };
+    await q.add('batch', { v: 1, ops: [create('small-1')] }, { jobId: 'small-1' });
+    for (let i = 0; i < 6; i++) await q.add('batch', huge, { jobId: `huge-${i}` });
+    await q.add('batch', { v: 1, ops: [create('small-2')] }, { jobId: 'small-2' });
+    await startConsumer(t, { redisUrl: redis.url, queue, dbPath: db.dbPath, maxJobBytes: 2048, logger: log });
+    await until('small-2 to complete', async () => (await q.getJobState('small-2')) === 'completed');
+    for (let i = 0; i < 6; i++) assert.match((await q.getJob(`huge-${i}`))?.failedReason ?? '', /data is at least \d+ bytes of JSON, more than the limit of 2048/);
+    // Without the stop, rounds double while they come back full: 1 + 1 + 2 + 4 jobs in the first group.
+    const groups = lines.filter((l) => l.msg === 'group committed').map((l) => l.jobs);
+    assert.equal(groups[0], 2, `groups of ${groups.join(', ')}`);
+    assert.ok(groups.every((n) => (n as number) <= 2), `groups of ${groups.join(', ')}`);
+  });
+
   it('answers a job delivered again from the ledger and applies nothing twice', async () => {
     const db = t.add(tempDb(), (d) => d.cleanup());
     const consumer = await startConsumer(t, { redisUrl: redis.url, queue, dbPath: db.dbPath });

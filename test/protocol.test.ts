@@ -97,7 +97,12 @@ describe('ops and envelopes from the wire', () => {
     assert.throws(() => parseEnvelope({ v: 1, ops: {} }), /ops: must be an array/);
     assert.throws(() => parseEnvelope({ v: 1, ops: [{}, {}, {}] }, 2), /ops: must hold at most 2 ops/);
     assert.throws(() => parseEnvelope({ v: 1, ops: [{}], extra: true }), /unknown key\(s\) extra/);
-    assert.throws(() => parseEnvelope({ v: 1, ops: [{ op: 'x', args: 'y'.repeat(2000) }] }, 10, 1024), /Invalid job: data is \d+ bytes of JSON, more than the limit of 1024/);
+    assert.throws(() => parseEnvelope({ v: 1, ops: [{ op: 'x', args: 'y'.repeat(2000) }] }, 10, 1024), /Invalid job: data is at least \d+ bytes of JSON, more than the limit of 1024/);
+    // Refused by its size before anything copies it, and by its depth rather than a bare stack overflow.
+    assert.throws(() => parseEnvelope({ v: 1, ops: [{ op: 'user.get', args: { nickname: 'a'.repeat(64 * 1024 * 1024) } }] }), /data is at least \d{8} bytes of JSON, more than the limit of 1048576/);
+    let deep: unknown = 'x';
+    for (let i = 0; i < 200_000; i++) deep = [deep];
+    assert.throws(() => parseEnvelope({ v: 1, ops: [{ op: 'user.get', args: deep }] }), /Invalid job: ops: nested too deeply to serialize/);
   });
 
   it('measures a job in bytes of its whole JSON, multi-byte characters and reply id included', () => {

@@ -12,7 +12,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { type Job, UnrecoverableError, type Worker } from 'bullmq';
 import type { Logger } from 'pino';
 
-import { coerceError, type JobResults, parseEnvelope, replyIdOf } from '../protocol/index.js';
+import { coerceError, type JobResults, parseEnvelope, replyIdOf, stringBytesPast } from '../protocol/index.js';
 import { type Applied, applyJobs } from './apply.js';
 import type { ConsumerMetrics } from './metrics.js';
 import type { ResolvedConsumerOptions } from './options.js';
@@ -101,6 +101,7 @@ export class GroupCommitter {
       }
       if (!first) return [];
       group.push(first);
+      if (this.oversized(first)) return this.taken(group);
       if (this.lastGroupJobs === 1) {
         this.prefetched = this.fetchRound(worker, 1);
         // Awaited only at the next take, or after a retry's backoff: a failure before then must not
@@ -117,14 +118,29 @@ export class GroupCommitter {
     // while they come back full.
     for (let round = Math.min(Math.max(this.lastGroupJobs, 1), FETCH_ROUND); ops < this.options.maxOpsPerCommit; round = Math.min(round * 2, FETCH_ROUND)) {
       const jobs = await this.fetchRound(worker, round);
+      let oversized = false;
       for (const job of jobs) {
         group.push(job);
         ops += opCount(job.data);
+        oversized ||= this.oversized(job);
       }
-      if (jobs.length < round) break;
+      if (jobs.length < round || oversized) break;
     }
+    return this.taken(group);
+  }
+
+  private taken(group: UJob[]): UJob[] {
     this.lastGroupJobs = group.length;
     return group;
+  }
+
+  /**
+   * Whether a job is past the byte limit, so the group stops growing: BullMQ reads each job whole
+   * before it can be refused, and doubling rounds of jobs of hundreds of megabytes filled the heap.
+   * Such a group is committed (the big job refused) and the next starts from its small size.
+   */
+  private oversized(job: UJob): boolean {
+    return stringBytesPast(job.data, this.options.maxJobBytes) !== undefined;
   }
 
   /** Up to `n` waiting jobs, in queue order, in one round trip. */

@@ -93,6 +93,13 @@ export function parseEnvelope(
   maxBytes = DEFAULT_MAX_JOB_BYTES,
 ): { ops: unknown[]; reply?: string | undefined; opsJson: string } {
   const envelope = parseWith(envelopeSchema(maxOps), data, 'job');
+  // A job of hundreds of megabytes is refused before anything copies it: stringifying a group of
+  // them outlasted the jobs' locks, so they stalled, came back, and filled the heap.
+  const atLeast = stringBytesPast(envelope.ops, maxBytes);
+  if (atLeast !== undefined) {
+    const message = `data is at least ${atLeast} bytes of JSON, more than the limit of ${maxBytes}`;
+    throw new ValidationError([{ path: '', message }], `Invalid job: ${message}`);
+  }
   let rows = 0;
   for (const op of envelope.ops) rows += listRows(op);
   if (rows > MAX_LIST_ROWS_PER_JOB) {
@@ -103,13 +110,44 @@ export function parseEnvelope(
   // JSON is made once, here, and reused for the ledger's payload hash: it is nearly all of the
   // data, and stringifying a job of a thousand ops costs more than applying a few of them. The
   // rest of the data (`v` and `reply`) adds the same bytes whatever the order of its keys.
-  const opsJson = JSON.stringify(envelope.ops);
+  let opsJson: string;
+  try {
+    opsJson = JSON.stringify(envelope.ops);
+  } catch (err) {
+    if (!(err instanceof RangeError)) throw err;
+    const message = 'ops: nested too deeply to serialize (thousands of levels of arrays or objects)';
+    throw new ValidationError([{ path: 'ops', message }], `Invalid job: ${message}`);
+  }
   const bytes = Buffer.byteLength(opsJson) + Buffer.byteLength(JSON.stringify({ ...envelope, ops: [] })) - '[]'.length;
   if (bytes > maxBytes) {
     const message = `data is ${bytes} bytes of JSON, more than the limit of ${maxBytes}`;
     throw new ValidationError([{ path: '', message }], `Invalid job: ${message}`);
   }
   return { ...envelope, opsJson };
+}
+
+/**
+ * The length of the strings and keys in `value` once it passes `max`, else `undefined`. A lower
+ * bound of its JSON's size in bytes (a UTF-16 unit is at least one byte of UTF-8), found in time
+ * proportional to `max`, not to the value. Iterative: job data may nest arbitrarily deep.
+ */
+export function stringBytesPast(value: unknown, max: number): number | undefined {
+  let total = 0;
+  const stack: unknown[] = [value];
+  while (stack.length > 0) {
+    const v = stack.pop();
+    if (typeof v === 'string') total += v.length;
+    else if (Array.isArray(v)) for (const item of v) stack.push(item);
+    else if (typeof v === 'object' && v !== null) {
+      // for-in allocates nothing per key; parsed JSON has no inherited enumerable keys.
+      for (const key in v) {
+        total += key.length;
+        stack.push((v as Record<string, unknown>)[key]);
+      }
+    }
+    if (total > max) return total;
+  }
+  return undefined;
 }
 
 const wireErrorSchema = z.object({
