@@ -8,7 +8,7 @@ import { pino } from 'pino';
 
 import { Store, UserOpsConsumer } from '../src/consumer/index.js';
 import Database from '../src/consumer/sqlite-driver.js';
-import { leaseOwner, WriterLease } from '../src/consumer/writer-lease.js';
+import { leaseOwner, type StandbyDetail, WriterLease } from '../src/consumer/writer-lease.js';
 import { ConfigError } from '../src/index.js';
 import { spawnConsumer } from './helpers/cli.js';
 import type { Teardown } from './helpers/fixtures.js';
@@ -136,13 +136,31 @@ describe('one writer per queue', () => {
   });
 });
 
+describe('a queue key something else wrote', () => {
+  it('refuses to start, naming the key, when the database id key is not a string', async () => {
+    const db = t.add(tempDb(), (d) => d.cleanup());
+    const client = t.add(new Redis(redis.url), (c) => c.disconnect());
+    await client.hset(`bull:${queue}:userops:db`, 'x', 'y');
+    const c = t.add(new UserOpsConsumer({ redisUrl: redis.url, queue, dbPath: db.dbPath }), (x) => x.close());
+    await assert.rejects(c.start(), (err: unknown) => {
+      assert.ok(err instanceof ConfigError, `a ConfigError (exit 2), not an outage: ${String(err)}`);
+      assert.match(err.message, new RegExp(`^Redis key bull:${queue}:userops:db holds something other than a database id \\(WRONGTYPE`));
+      return true;
+    });
+  });
+});
+
 describe('the writer lease', () => {
   /** A lease on this test's queue, and the roles (with reasons) it reported. */
-  function lease(client: Redis, owner: string) {
+  function lease(client: Redis, owner: string, ttlMs = 5000) {
     const changes: string[] = [];
-    const l = new WriterLease(client, `userops:${queue}:writer`, owner, 5000, pino({ level: 'silent' }), (role, why) => changes.push(why ? `${role} (${why})` : role));
+    const details: (StandbyDetail | undefined)[] = [];
+    const l = new WriterLease(client, `userops:${queue}:writer`, owner, ttlMs, pino({ level: 'silent' }), (role, why, detail) => {
+      changes.push(why ? `${role} (${why})` : role);
+      details.push(detail);
+    });
     t.add(l, (x) => x.stop());
-    return { l, changes };
+    return { l, changes, details };
   }
 
   it('takes back a lease Redis still holds for it, instead of standing by behind itself', async () => {
@@ -157,6 +175,31 @@ describe('the writer lease', () => {
     const theirs = lease(client, leaseOwner('another'));
     await theirs.l.start();
     assert.deepEqual(theirs.changes, ['standby (held)']);
+  });
+
+  it('names the holder of a lease it waits behind, and says when that lease will never expire', async () => {
+    const client = t.add(new Redis(redis.url), (c) => c.disconnect());
+    // Set by hand, without a TTL: nobody would ever take over.
+    await client.set(`userops:${queue}:writer`, leaseOwner('by-hand'));
+    const { l, changes, details } = lease(client, leaseOwner('me'));
+    await l.start();
+    assert.deepEqual(changes, ['standby (held)']);
+    assert.equal(details[0]?.holder?.token, 'by-hand');
+    assert.equal(details[0]?.leaseTtlMs, -1);
+  });
+
+  it('says Redis refused the lease, and gives up writing at once, when the key holds something else', async () => {
+    const client = t.add(new Redis(redis.url), (c) => c.disconnect());
+    const key = `userops:${queue}:writer`;
+    const { l, changes, details } = lease(client, leaseOwner('me'), 600);
+    await l.start();
+    assert.deepEqual(changes, ['writer']);
+    // Replaced behind its back between two renewals: the lapse is reported, not left silent.
+    await client.multi().del(key).hset(key, 'a', 'b').exec();
+    await until('the lease to be refused', () => changes.length === 2);
+    assert.deepEqual(changes, ['writer', 'standby (refused)']);
+    assert.equal(l.held(), false);
+    assert.match(details[1]?.err?.message ?? '', /WRONGTYPE/);
   });
 
   it('says Redis did not answer, not that another consumer writes, when it cannot ask', async () => {

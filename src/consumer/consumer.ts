@@ -10,7 +10,7 @@ import { Queue, Worker } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { type Logger, pino } from 'pino';
 
-import { coerceError, type JobResults, RedisUnavailableError } from '../protocol/index.js';
+import { coerceError, ConfigError, type JobResults, RedisUnavailableError } from '../protocol/index.js';
 import { queueOptions, RedisConnections, redactUrl, settleWithin, userOpsKey, withDeadline } from '../redis.js';
 import { BackgroundCheckpointer } from './checkpointer.js';
 import { bindDatabase, earlyRefusal, queueDatabaseId } from './db-identity.js';
@@ -189,10 +189,13 @@ export class UserOpsConsumer {
     if (this.state !== 'starting') return; // closed while starting
     const refusal = await bindDatabase(this.connection, o, this.store.dbId);
     if (refusal) await this.refuse(refusal);
-    this.lease = new WriterLease(this.connection, userOpsKey(o.redisUrl, o.queue, 'writer'), leaseOwner(this.token), o.writerLeaseMs, this.log, (role, why) => {
+    const key = userOpsKey(o.redisUrl, o.queue, 'writer');
+    this.lease = new WriterLease(this.connection, key, leaseOwner(this.token), o.writerLeaseMs, this.log, (role, why, detail) => {
       if (role === 'writer') this.log.info('writer role taken: applying jobs');
       else if (why === 'unanswered') this.log.warn('writer lease lapsed while Redis did not answer: standing by until it does');
-      else this.log.warn('another consumer is the writer: standing by, ready to take over');
+      else if (why === 'refused') this.log.error({ err: detail?.err, key }, `Redis refused the writer lease (does ${key} hold something other than a lease?): standing by, applying nothing`);
+      else if (detail?.leaseTtlMs === -1) this.log.error({ holder: detail.holder, key }, `the writer lease ${key} has no expiry, so no consumer will take over until it is deleted: standing by`);
+      else this.log.warn({ holder: detail?.holder, leaseTtlMs: detail?.leaseTtlMs }, 'another consumer is the writer: standing by, ready to take over');
     });
     await this.lease.start();
     if (this.state !== 'starting') return; // closed while the lease was asked for: start nothing more
@@ -257,7 +260,7 @@ export class UserOpsConsumer {
       return await withDeadline(ready, startTimeoutMs, () => new RedisUnavailableError(redactUrl(redisUrl)));
     } catch (err) {
       await this.close();
-      throw err instanceof RedisUnavailableError ? err : new RedisUnavailableError(redactUrl(redisUrl), err);
+      throw err instanceof RedisUnavailableError || err instanceof ConfigError ? err : new RedisUnavailableError(redactUrl(redisUrl), err);
     }
   }
 

@@ -30,7 +30,25 @@ function databaseKey(target: DatabaseTarget): string {
 
 /** The id of the database the queue is served from, or `null` while it is bound to none. */
 export function queueDatabaseId(redis: Redis, target: DatabaseTarget): Promise<string | null> {
-  return redis.get(databaseKey(target));
+  return notAnIdKey(redis.get(databaseKey(target)), target);
+}
+
+/**
+ * Turns Redis's WRONGTYPE (the key holds a hash, a list...) into a `ConfigError` naming the key:
+ * Redis answered, so it is no outage to wait out or restart into.
+ */
+async function notAnIdKey<T>(command: Promise<T>, target: DatabaseTarget): Promise<T> {
+  try {
+    return await command;
+  } catch (err) {
+    if (!(err instanceof Error) || !err.message.startsWith('WRONGTYPE')) throw err;
+    const key = databaseKey(target);
+    throw new ConfigError(
+      [{ path: 'USEROPS_QUEUE', message: `Redis key ${key} holds something other than a database id` }],
+      `Redis key ${key} holds something other than a database id (${err.message}); something other than userops wrote it. ` +
+        `Delete it, and the consumer binds the queue to its database again.`,
+    );
+  }
 }
 
 /**
@@ -39,8 +57,8 @@ export function queueDatabaseId(redis: Redis, target: DatabaseTarget): Promise<s
  */
 export async function bindDatabase(redis: Redis, target: DatabaseTarget, dbId: string): Promise<ConfigError | undefined> {
   const key = databaseKey(target);
-  if ((await redis.set(key, dbId, 'NX')) === 'OK') return undefined;
-  const theirs = await redis.get(key);
+  if ((await notAnIdKey(redis.set(key, dbId, 'NX'), target)) === 'OK') return undefined;
+  const theirs = await notAnIdKey(redis.get(key), target);
   return theirs === dbId ? undefined : refusal(target, String(theirs), dbId);
 }
 

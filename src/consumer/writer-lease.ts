@@ -10,12 +10,18 @@ import { hostname } from 'node:os';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 
+// Both answer 1 when the lease is ours, else the holder's value and the lease's PTTL (-1: none),
+// so a standby can say who writes and whether that lease will ever expire.
 // Extend only if we still hold it: a lease that expired and was taken by another stays theirs.
-const RENEW = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end`;
+const RENEW = `local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return {v or '', redis.call('PTTL', KEYS[1])}`;
 // Take it if free, or if it is still ours: our clock gives it up when Redis stops answering, while
 // Redis may keep it; nobody else has held it meanwhile, and we committed nothing without it.
-const ACQUIRE = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-if redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then return 1 else return 0 end`;
+const ACQUIRE = `local v = redis.call('GET', KEYS[1])
+if v == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+if redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then return 1 end
+return {v or '', redis.call('PTTL', KEYS[1])}`;
 const RELEASE = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end`;
 
 /** Who holds a lease, as far as its value tells. */
@@ -56,8 +62,21 @@ export function parseLeaseOwner(value: string): LeaseHolder {
 /** Whether this consumer is the queue's writer. */
 export type WriterRole = 'writer' | 'standby';
 
-/** Why a consumer stands by: another holds the lease, or Redis did not answer the request for it. */
-export type StandbyReason = 'held' | 'unanswered';
+/**
+ * Why a consumer stands by: another holds the lease, Redis did not answer the request for it, or
+ * Redis answered with an error (the key holds something that is not a lease).
+ */
+export type StandbyReason = 'held' | 'unanswered' | 'refused';
+
+/** What a standby knows of why it stands by. */
+export interface StandbyDetail {
+  /** Who holds the lease, when another does and Redis said so. */
+  holder?: LeaseHolder;
+  /** The holder's lease's remaining time in ms; -1 when it has no expiry and will never lapse. */
+  leaseTtlMs?: number;
+  /** Redis's error, when it refused. */
+  err?: Error;
+}
 
 /** Holds, renews and gives up the writer lease of one queue. */
 export class WriterLease {
@@ -65,6 +84,8 @@ export class WriterLease {
   private timer?: NodeJS.Timeout;
   private stopped = false;
   private firstAnswered = false;
+  /** The role and reason last reported, so a change between two ticks is reported too. */
+  private reported?: string;
 
   /**
    * @param key - the lease key, in the queue's own key space
@@ -77,7 +98,7 @@ export class WriterLease {
     private readonly owner: string,
     private readonly ttlMs: number,
     private readonly log: Logger,
-    private readonly onChange: (role: WriterRole, why?: StandbyReason) => void,
+    private readonly onChange: (role: WriterRole, why?: StandbyReason, detail?: StandbyDetail) => void,
   ) {}
 
   /**
@@ -95,31 +116,46 @@ export class WriterLease {
 
   /** Starts trying to acquire, then renewing, every third of the TTL. */
   start(): Promise<void> {
-    return this.tick(true);
+    return this.tick();
   }
 
-  /** @param first - report the role even if unchanged: a standby should say so when it starts */
-  private async tick(first = false): Promise<void> {
+  private async tick(): Promise<void> {
     if (this.stopped) return;
-    const wasHeld = this.held();
     const started = Date.now();
-    let answered = true;
+    let why: StandbyReason = 'held';
+    const detail: StandbyDetail = {};
     try {
-      const ok = (await this.redis.eval(wasHeld ? RENEW : ACQUIRE, 1, this.key, this.owner, this.ttlMs)) === 1;
+      const answer: unknown = await this.redis.eval(this.held() ? RENEW : ACQUIRE, 1, this.key, this.owner, this.ttlMs);
       // Counted from before the request: the lease may have started expiring while it travelled.
-      this.validUntil = ok ? started + this.ttlMs - Math.floor(this.ttlMs / 5) : 0;
+      this.validUntil = answer === 1 ? started + this.ttlMs - Math.floor(this.ttlMs / 5) : 0;
+      if (Array.isArray(answer) && typeof answer[0] === 'string' && answer[0] !== '') {
+        detail.holder = parseLeaseOwner(answer[0]);
+        detail.leaseTtlMs = Number(answer[1]);
+      }
     } catch (err) {
-      answered = false;
-      this.log.debug({ err }, 'writer lease: Redis did not answer');
-      // Keep our clock's view: it expires on its own if Redis stays away.
+      // An error reply (WRONGTYPE: the key holds a hash, say) is an answer, and no outage: say so.
+      if ((err as Error).name === 'ReplyError') {
+        why = 'refused';
+        detail.err = err as Error;
+        this.validUntil = 0;
+      } else {
+        why = 'unanswered';
+        this.log.debug({ err }, 'writer lease: Redis did not answer');
+        // Keep our clock's view: it expires on its own if Redis stays away.
+      }
     }
     this.firstAnswered = true;
-    if (first || this.held() !== wasHeld) {
-      if (this.held()) this.onChange('writer');
-      else this.onChange('standby', answered ? 'held' : 'unanswered');
+    // Compared with what was last reported, not with the previous tick: a lease can lapse by our
+    // clock between two ticks, and that must be told too.
+    const role: WriterRole = this.held() ? 'writer' : 'standby';
+    const now = role === 'writer' ? role : `${role} ${why}`;
+    if (now !== this.reported) {
+      this.reported = now;
+      if (role === 'writer') this.onChange('writer');
+      else this.onChange('standby', why, detail);
     }
     if (!this.stopped) {
-      this.timer = setTimeout(() => void this.tick(false), Math.floor(this.ttlMs / 3));
+      this.timer = setTimeout(() => void this.tick(), Math.floor(this.ttlMs / 3));
       this.timer.unref();
     }
   }
