@@ -52,6 +52,11 @@ describe('op arguments', () => {
     assert.throws(() => parseArgs('user.update', { nickname: 'bob' }), /give at least one of fullName, email/);
   });
 
+  it('refuses a full name that is not valid Unicode, which SQLite would alter', () => {
+    assert.throws(() => parseArgs('user.update', { nickname: 'bob', fullName: 'A\ud800B' }), /fullName: must be valid Unicode \(it holds half of a surrogate pair\)/);
+    assert.equal(parseArgs('user.update', { nickname: 'bob', fullName: 'A\u{1F600}B' }).fullName, 'A\u{1F600}B', 'a whole pair is fine');
+  });
+
   it('bounds list limits', () => {
     assert.throws(() => parseArgs('user.list', { limit: 0 }), /limit: must be at least 1/);
     assert.throws(() => parseArgs('user.list', { limit: 1001 }), /limit: must be at most 1000/);

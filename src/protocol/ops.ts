@@ -32,7 +32,9 @@ const fullNameSchema = z
   .min(1, 'must not be empty')
   .max(200, 'must be at most 200 characters')
   // Control characters in a name are always a mistake or an attack on whatever renders it.
-  .refine((s) => !/\p{Cc}/u.test(s), 'must not contain control characters');
+  .refine((s) => !/\p{Cc}/u.test(s), 'must not contain control characters')
+  // Half of a UTF-16 pair cannot be stored as UTF-8: SQLite would keep U+FFFD in its place.
+  .refine((s) => !/\p{Cs}/u.test(s), 'must be valid Unicode (it holds half of a surrogate pair)');
 
 const emailSchema = z
   .string({ error: 'must be a string' })
