@@ -210,9 +210,7 @@ export class GroupCommitter {
         // succeed failed, or it stalled more often than allowed. It must not be applied now.
         this.log.warn({ jobId: job.id, reason: job.deferredFailure }, 'job failed by BullMQ before it was applied; failing it');
         this.metrics.jobRejected('failed');
-        acks.push(this.acked(job, job.moveToFailed(new UnrecoverableError(job.deferredFailure), this.token, false)));
-        const replyId = replyIdOf(job.data);
-        if (replyId) replies.push({ replyId, reply: { jobId: job.id as string, failed: job.deferredFailure } });
+        this.fail(job, new UnrecoverableError(job.deferredFailure), replyIdOf(job.data), acks, replies);
         continue;
       }
       try {
@@ -222,10 +220,8 @@ export class GroupCommitter {
         const reason = coerceError(err).message;
         this.log.warn({ jobId: job.id, reason }, 'malformed job rejected');
         this.metrics.jobRejected('malformed');
-        acks.push(this.acked(job, job.moveToFailed(new UnrecoverableError(reason), this.token, false)));
         // Its sender, if it named a valid reply id, hears at once rather than when it looks the job up.
-        const replyId = replyIdOf(job.data);
-        if (replyId) replies.push({ replyId, reply: { jobId: job.id as string, failed: reason } });
+        this.fail(job, new UnrecoverableError(reason), replyIdOf(job.data), acks, replies);
       }
     }
     const applyStarted = performance.now();
@@ -241,8 +237,7 @@ export class GroupCommitter {
       if (outcome instanceof Error) {
         this.log.error({ jobId: job.id, err: outcome }, 'job failed to apply');
         this.metrics.jobRejected('failed');
-        acks.push(this.acked(job, job.moveToFailed(outcome, this.token, false)));
-        if (reply) replies.push({ replyId: reply, reply: { jobId: job.id as string, failed: outcome.message } });
+        this.fail(job, outcome, reply, acks, replies);
         return;
       }
       const { results, resultsJson, replayed, reusedId, internalErrors } = outcome;
@@ -269,6 +264,12 @@ export class GroupCommitter {
       this.acking.delete(acking);
     });
     this.acking.add(acking);
+  }
+
+  /** Moves a job to the failed set for `err`, and tells its sender, if it named a reply stream. */
+  private fail(job: UJob, err: Error, replyId: string | undefined, acks: Promise<unknown>[], replies: Addressed[]): void {
+    acks.push(this.acked(job, job.moveToFailed(err, this.token, false)));
+    if (replyId) replies.push({ replyId, reply: { jobId: job.id as string, failed: err.message } });
   }
 
   /** An acknowledgement that, if Redis refuses it, says so naming the job; it never rejects. */

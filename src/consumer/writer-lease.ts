@@ -12,16 +12,17 @@ import type { Logger } from 'pino';
 
 // Both answer 1 when the lease is ours, else the holder's value and the lease's PTTL (-1: none),
 // so a standby can say who writes and whether that lease will ever expire.
+const NOT_OURS = `return {v or '', redis.call('PTTL', KEYS[1])}`;
 // Extend only if we still hold it: a lease that expired and was taken by another stays theirs.
 const RENEW = `local v = redis.call('GET', KEYS[1])
 if v == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return {v or '', redis.call('PTTL', KEYS[1])}`;
+${NOT_OURS}`;
 // Take it if free, or if it is still ours: our clock gives it up when Redis stops answering, while
 // Redis may keep it; nobody else has held it meanwhile, and we committed nothing without it.
 const ACQUIRE = `local v = redis.call('GET', KEYS[1])
 if v == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 if redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then return 1 end
-return {v or '', redis.call('PTTL', KEYS[1])}`;
+${NOT_OURS}`;
 const RELEASE = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end`;
 
 /** Who holds a lease, as far as its value tells. */
