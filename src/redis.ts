@@ -22,6 +22,15 @@ export const DEFAULT_REDIS_URL = 'redis://127.0.0.1:6379';
  */
 export const EVENTS_STREAM_MAX_LEN = 1000;
 
+/**
+ * Whether Redis answered that a key holds another type than the command expects (WRONGTYPE):
+ * something other than userops wrote that key. An answer, not an outage to wait out, unlike the
+ * other error replies (LOADING while Redis restarts, READONLY on a replica after a failover).
+ */
+export function isWrongTypeError(err: unknown): err is Error {
+  return err instanceof Error && err.message.startsWith('WRONGTYPE');
+}
+
 /** The options of every userops BullMQ Queue: its connection, its key prefix, a short events stream. */
 export function queueOptions(url: string, queue: string, connection: Redis): QueueOptions {
   return { connection, prefix: bullPrefix(url, queue), streams: { events: { maxLen: EVENTS_STREAM_MAX_LEN } } };

@@ -15,7 +15,7 @@ import { existsSync } from 'node:fs';
 import type { Redis } from 'ioredis';
 
 import { ConfigError } from '../protocol/index.js';
-import { userOpsKey } from '../redis.js';
+import { isWrongTypeError, userOpsKey } from '../redis.js';
 
 /** Which queue a consumer serves, and from which file. */
 export interface DatabaseTarget {
@@ -41,7 +41,7 @@ async function notAnIdKey<T>(command: Promise<T>, target: DatabaseTarget): Promi
   try {
     return await command;
   } catch (err) {
-    if (!(err instanceof Error) || !err.message.startsWith('WRONGTYPE')) throw err;
+    if (!isWrongTypeError(err)) throw err;
     const key = databaseKey(target);
     throw new ConfigError(
       [{ path: 'USEROPS_QUEUE', message: `Redis key ${key} holds something other than a database id` }],

@@ -10,6 +10,8 @@ import { hostname } from 'node:os';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 
+import { isWrongTypeError } from '../redis.js';
+
 // Both answer 1 when the lease is ours, else the holder's value and the lease's PTTL (-1: none),
 // so a standby can say who writes and whether that lease will ever expire.
 const NOT_OURS = `return {v or '', redis.call('PTTL', KEYS[1])}`;
@@ -134,10 +136,10 @@ export class WriterLease {
         detail.leaseTtlMs = Number(answer[1]);
       }
     } catch (err) {
-      // An error reply (WRONGTYPE: the key holds a hash, say) is an answer, and no outage: say so.
-      if ((err as Error).name === 'ReplyError') {
+      // The key holds a hash, say: an answer, and no outage to wait out. Say so.
+      if (isWrongTypeError(err)) {
         why = 'refused';
-        detail.err = err as Error;
+        detail.err = err;
         this.validUntil = 0;
       } else {
         why = 'unanswered';
