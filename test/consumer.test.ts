@@ -5,6 +5,7 @@ import { FlowProducer, type Job, QueueEvents } from 'bullmq';
 import { Redis } from 'ioredis';
 import { pino } from 'pino';
 
+import { listFailed } from '../src/cli/failed.js';
 import { applyJobs, payloadHash } from '../src/consumer/apply.js';
 import { UserOpsConsumer } from '../src/consumer/index.js';
 import { RedisWatch } from '../src/consumer/redis-watch.js';
@@ -198,7 +199,7 @@ describe('consumer', () => {
     for (const id of ['ts-before', 'ts-odd', 'ts-after']) await until(`${id} to complete`, async () => (await q.getJobState(id)) === 'completed');
   });
 
-  it('keeps the jobs fetched beside one whose stored data BullMQ cannot read', async () => {
+  it('fails a job whose stored data is not JSON, lists it, and keeps the jobs fetched beside it', async () => {
     const db = t.add(tempDb(), (d) => d.cleanup());
     const { log, lines } = capturedLog();
     const q = plainQueue(t, redis.url, queue);
@@ -210,8 +211,31 @@ describe('consumer', () => {
     await q.add('batch', { v: 1, ops: [create('second')] }, { jobId: 'good-2' });
     await startConsumer(t, { redisUrl: redis.url, queue, dbPath: db.dbPath, logger: log });
     for (const id of ['good-1', 'good-2']) await until(`${id} to complete`, async () => (await q.getJobState(id)) === 'completed');
-    assert.ok(lines.some((l) => l.msg === 'skipped a job whose stored data or options are not JSON; BullMQ cannot read it'));
+    // Before, BullMQ's parse error lost the job's id: it stayed active and came back for ever.
+    await until('the unreadable job to fail', async () => (await raw.zscore(`bull:${queue}:failed`, 'unreadable')) !== null);
+    assert.match(await raw.hget(`bull:${queue}:unreadable`, 'failedReason') ?? '', /^data is not JSON \(.+\)$/);
+    assert.ok(lines.some((l) => l.msg === 'malformed job rejected' && l.jobId === 'unreadable'));
+    // A plain Queue cannot list the failed set now; `userops failed` can.
+    const failed = await listFailed({ redisUrl: redis.url, queue, dbPath: db.dbPath, logLevel: 'silent' }, 10);
+    assert.deepEqual(failed.map((j) => [j.id, j.ops]), [['unreadable', null]]);
+    assert.match(failed[0]?.failedReason ?? '', /^data is not JSON/);
     // Before, the fetch round's failure dropped good-1 while it was locked: it completed only after stalling.
+    assert.deepEqual(lines.filter((l) => l.msg === 'job stalled; it will be re-delivered').map((l) => l.jobId), []);
+  });
+
+  it('keeps the jobs fetched beside one whose stored options BullMQ cannot read', async () => {
+    const db = t.add(tempDb(), (d) => d.cleanup());
+    const { log, lines } = capturedLog();
+    const q = plainQueue(t, redis.url, queue);
+    await q.add('batch', { v: 1, ops: [create('first')] }, { jobId: 'good-1' });
+    // BullMQ parses options before it knows the job's id, so this one cannot be failed: it is skipped.
+    const raw = t.add(new Redis(redis.url), (c) => c.disconnect());
+    await raw.hset(`bull:${queue}:bad-opts`, 'name', 'batch', 'data', '{"v":1,"ops":[]}', 'opts', '{not json', 'timestamp', String(Date.now()));
+    await raw.lpush(`bull:${queue}:wait`, 'bad-opts');
+    await q.add('batch', { v: 1, ops: [create('second')] }, { jobId: 'good-2' });
+    await startConsumer(t, { redisUrl: redis.url, queue, dbPath: db.dbPath, logger: log });
+    for (const id of ['good-1', 'good-2']) await until(`${id} to complete`, async () => (await q.getJobState(id)) === 'completed');
+    assert.ok(lines.some((l) => l.msg === 'skipped a job whose stored options are not JSON; BullMQ cannot read it'));
     assert.deepEqual(lines.filter((l) => l.msg === 'job stalled; it will be re-delivered').map((l) => l.jobId), []);
   });
 

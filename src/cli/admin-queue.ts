@@ -2,13 +2,14 @@
  * The admin commands' connection to the queue: one BullMQ Queue on one command connection, ready
  * within a deadline or a `RedisUnavailableError`, and closed within a deadline whatever Redis does.
  */
-import { Queue } from 'bullmq';
+import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 
 import type { AdminConfig } from '../config.js';
 import { createLogger } from '../logger.js';
 import { RedisUnavailableError } from '../protocol/errors.js';
 import { DEFAULT_REDIS_URL, queueOptions, RedisConnections, redactUrl, settleWithin, userOpsKey, withDeadline } from '../redis.js';
+import { TolerantQueue } from '../unreadable-jobs.js';
 
 /** How long a command waits for Redis before exiting 3; as long as a client's connect timeout. */
 const CONNECT_DEADLINE_MS = 5000;
@@ -32,7 +33,7 @@ export async function withAdminQueue<T>(config: AdminConfig, work: (q: AdminQueu
   const logger = createLogger(config.logLevel, process.stderr);
   const connections = new RedisConnections(url, logger);
   const redis = connections.open('command');
-  const queue = new Queue(config.queue, queueOptions(url, config.queue, redis));
+  const queue = new TolerantQueue(config.queue, queueOptions(url, config.queue, redis));
   queue.on('error', (err) => logger.debug({ err }, 'queue error'));
   try {
     try {

@@ -6,12 +6,13 @@ import { randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-import { Queue, Worker } from 'bullmq';
+import type { Queue, Worker } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { type Logger, pino } from 'pino';
 
 import { coerceError, ConfigError, type JobResults, RedisUnavailableError } from '../protocol/index.js';
 import { queueOptions, RedisConnections, redactUrl, settleWithin, userOpsKey, withDeadline } from '../redis.js';
+import { TolerantQueue, TolerantWorker } from '../unreadable-jobs.js';
 import { BackgroundCheckpointer } from './checkpointer.js';
 import { bindDatabase, earlyRefusal, queueDatabaseId } from './db-identity.js';
 import { type ConsumerOptions, type ResolvedConsumerOptions, resolveConsumerOptions } from './options.js';
@@ -145,7 +146,7 @@ export class UserOpsConsumer {
     const commands = this.redis.open('command');
     this.commands = commands;
     const queueOpts = queueOptions(o.redisUrl, o.queue, commands);
-    this.queue = new Queue(o.queue, queueOpts);
+    this.queue = new TolerantQueue(o.queue, queueOpts);
     this.queue.on('error', (err) => this.log.debug({ err }, 'queue reader error'));
     // Up before the database and Redis are waited for, so a consumer stuck waiting says so on /readyz.
     if (o.http) await this.startHttp(o.http, this.queue);
@@ -163,7 +164,7 @@ export class UserOpsConsumer {
     if (!this.store) return; // closed while waiting for the database
     this.checkpointer = new BackgroundCheckpointer(o.dbPath, this.log);
     // No processor: jobs are taken by `loop()` below, a group at a time.
-    const worker = new Worker<unknown, JobResults>(o.queue, null, {
+    const worker = new TolerantWorker<unknown, JobResults>(o.queue, null, {
       connection: this.connection,
       prefix: queueOpts.prefix,
       concurrency: 1,

@@ -13,6 +13,7 @@ import { type Job, UnrecoverableError, type Worker } from 'bullmq';
 import type { Logger } from 'pino';
 
 import { coerceError, type JobResults, parseEnvelope, replyIdOf, stringBytesPast } from '../protocol/index.js';
+import { UnreadableJobData } from '../unreadable-jobs.js';
 import { type Applied, applyJobs } from './apply.js';
 import type { ConsumerMetrics } from './metrics.js';
 import type { ResolvedConsumerOptions } from './options.js';
@@ -162,11 +163,12 @@ export class GroupCommitter {
   }
 
   /**
-   * A job whose hash BullMQ cannot parse (written into Redis by hand, not through a Queue) has no
-   * id to fail it by: it is left active, stalls, and comes back, each time with this warning.
+   * A job whose stored options BullMQ cannot parse (written into Redis by hand, not through a
+   * Queue) has no id to fail it by: it is left active, stalls, and comes back, each time with this
+   * warning. (Data that is not JSON is read as an UnreadableJobData and failed.)
    */
   private skippedUnreadable(err: SyntaxError): void {
-    this.log.warn({ err }, 'skipped a job whose stored data or options are not JSON; BullMQ cannot read it');
+    this.log.warn({ err }, 'skipped a job whose stored options are not JSON; BullMQ cannot read it');
   }
 
   /** Jobs a prefetch took (they are locked to this consumer), or none; they are the caller's now. */
@@ -214,6 +216,7 @@ export class GroupCommitter {
         continue;
       }
       try {
+        if (job.data instanceof UnreadableJobData) throw new Error(job.data.reason);
         valid.push({ job, ...parseEnvelope(job.data, this.options.maxOpsPerJob, this.options.maxJobBytes) });
       } catch (err) {
         // Not a batch at all: retrying cannot help. Fail it now, with the reason, and move on.
