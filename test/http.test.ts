@@ -57,7 +57,7 @@ describe('consumer HTTP server', () => {
     assert.equal(health.body.alive, true);
     const ready = await getJson(`${base}/readyz`);
     assert.equal(ready.status, 200);
-    assert.deepEqual(ready.body, { ready: true, role: 'writer', consumer: 'running', redis: 'ok', sqlite: 'ok', failing: [] });
+    assert.deepEqual(ready.body, { ready: true, role: 'writer', consumer: 'running', redis: 'ok', sqlite: 'ok', lease: 'ok', failing: [] });
   });
 
   it('reports a second consumer on the same queue as a ready standby', async () => {

@@ -12,7 +12,7 @@ import { leaseOwner, type StandbyDetail, WriterLease } from '../src/consumer/wri
 import { ConfigError } from '../src/index.js';
 import { spawnConsumer } from './helpers/cli.js';
 import type { Teardown } from './helpers/fixtures.js';
-import { newClient, redisSuite, startConsumer, tempDb, until, user } from './helpers/fixtures.js';
+import { capturedLog, newClient, redisSuite, startConsumer, tempDb, until, user } from './helpers/fixtures.js';
 import { freePort, type TestRedis } from './helpers/redis-server.js';
 
 const suite = redisSuite();
@@ -186,6 +186,26 @@ describe('the writer lease', () => {
     assert.deepEqual(changes, ['standby (held)']);
     assert.equal(details[0]?.holder?.token, 'by-hand');
     assert.equal(details[0]?.leaseTtlMs, -1);
+    assert.match(l.problem ?? '', new RegExp(`^userops:${queue}:writer is held by token by-hand on \\S+ \\(pid \\d+\\) with no expiry, so no consumer will take over until it is deleted$`));
+  });
+
+  it('is not ready, saying why, while a lease with no expiry keeps every consumer from writing', async () => {
+    const db = t.add(tempDb(), (d) => d.cleanup());
+    const { log, lines } = capturedLog();
+    const client = t.add(new Redis(redis.url), (c) => c.disconnect());
+    const key = `bull:${queue}:userops:writer`;
+    await client.set(key, leaseOwner('by-hand'));
+    const c = await startConsumer(t, { redisUrl: redis.url, queue, dbPath: db.dbPath, writerLeaseMs: 1500, logger: log });
+    const stuck = await c.readiness();
+    assert.deepEqual([stuck.ready, stuck.role, stuck.failing], [false, 'standby', ['lease']]);
+    assert.match(stuck.lease, new RegExp(`^${key} is held by token by-hand .* with no expiry`));
+    assert.ok(lines.some((l) => l.level === 50 && String(l.msg).startsWith(`no consumer can be the writer: ${key} is held by token by-hand`)));
+    // Given an expiry (an operator mending it by hand), it is an ordinary standby's wait: ready.
+    await client.pexpire(key, 60_000);
+    await until('the lease to read as mended', async () => (await c.readiness()).lease === 'ok', 5000);
+    assert.deepEqual((await c.readiness()).failing, []);
+    await client.del(key);
+    await until('the consumer to take over', () => c.role === 'writer', 5000);
   });
 
   it('says Redis refused the lease, and gives up writing at once, when the key holds something else', async () => {
@@ -200,6 +220,11 @@ describe('the writer lease', () => {
     assert.deepEqual(changes, ['writer', 'standby (refused)']);
     assert.equal(l.held(), false);
     assert.match(details[1]?.err?.message ?? '', /WRONGTYPE/);
+    assert.match(l.problem ?? '', new RegExp(`^${key} holds something other than a lease \\(WRONGTYPE`));
+    // Mended: the lease is taken again and the problem is gone.
+    await client.del(key);
+    await until('the lease to be taken again', () => changes.length === 3);
+    assert.deepEqual([changes[2], l.problem], ['writer', undefined]);
   });
 
   it('says Redis did not answer, not that another consumer writes, when it cannot ask', async () => {

@@ -116,6 +116,7 @@ export class UserOpsConsumer {
       store: this.store,
       storageProblem: this.storeError ?? this.committer?.storageProblem,
       storagePending: this.storePending,
+      leaseProblem: this.lease?.problem,
     });
   }
 
@@ -194,8 +195,7 @@ export class UserOpsConsumer {
     this.lease = new WriterLease(this.connection, key, leaseOwner(this.token), o.writerLeaseMs, this.log, (role, why, detail) => {
       if (role === 'writer') this.log.info('writer role taken: applying jobs');
       else if (why === 'unanswered') this.log.warn('writer lease lapsed while Redis did not answer: standing by until it does');
-      else if (why === 'refused') this.log.error({ err: detail?.err, key }, `Redis refused the writer lease: ${key} holds something other than a lease; standing by, applying nothing`);
-      else if (detail?.leaseTtlMs === -1) this.log.error({ holder: detail.holder, key }, `the writer lease ${key} has no expiry, so no consumer will take over until it is deleted: standing by`);
+      else if (detail?.problem) this.log.error({ err: detail.err, holder: detail.holder, key }, `no consumer can be the writer: ${detail.problem}; standing by, applying nothing`);
       else this.log.warn({ holder: detail?.holder, leaseTtlMs: detail?.leaseTtlMs }, 'another consumer is the writer: standing by, ready to take over');
     });
     await this.lease.start();

@@ -36,8 +36,13 @@ export interface Readiness {
   redis: string;
   /** `ok`, `busy` (another connection holds the write lock for now; still ready), or why it cannot be written. */
   sqlite: string;
+  /**
+   * `ok`, or why no consumer can be the writer until someone mends the lease key (it holds
+   * something else, or a lease with no expiry): the queue is not being served.
+   */
+  lease: string;
   /** Names of the parts that are not fine, empty when ready. */
-  failing: ('consumer' | 'redis' | 'sqlite')[];
+  failing: ('consumer' | 'redis' | 'sqlite' | 'lease')[];
 }
 
 /** What readiness is judged from. */
@@ -53,6 +58,8 @@ export interface ReadinessProbe {
   storageProblem?: string | undefined;
   /** Why the database is not open yet though nothing is wrong with it: reported, but not as failing. */
   storagePending?: string | undefined;
+  /** What keeps any consumer from taking the writer lease, if anything. */
+  leaseProblem?: string | undefined;
 }
 
 /** Checks each part; never throws. */
@@ -63,7 +70,8 @@ export async function checkReadiness(probe: ReadinessProbe): Promise<Readiness> 
   if (probe.state !== 'running') failing.push('consumer');
   if (redis !== 'ok') failing.push('redis');
   if (!probe.storagePending && sqlite !== 'ok' && sqlite !== 'busy') failing.push('sqlite');
-  return { ready: failing.length === 0, role: probe.role, consumer: probe.state, redis, sqlite, failing };
+  if (probe.leaseProblem) failing.push('lease');
+  return { ready: failing.length === 0, role: probe.role, consumer: probe.state, redis, sqlite, lease: probe.leaseProblem ?? 'ok', failing };
 }
 
 async function pingRedis(redis: Redis | undefined, lastError: Error | undefined): Promise<string> {

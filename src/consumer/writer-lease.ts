@@ -79,6 +79,15 @@ export interface StandbyDetail {
   leaseTtlMs?: number;
   /** Redis's error, when it refused. */
   err?: Error;
+  /**
+   * Set when no consumer can become the writer until someone mends the key: it holds something
+   * other than a lease, or a lease with no expiry. Says what is wrong, naming the key.
+   */
+  problem?: string;
+}
+
+function describeHolder({ token, host, pid }: LeaseHolder): string {
+  return host === undefined ? `token ${token}` : `token ${token} on ${host}${pid === undefined ? '' : ` (pid ${pid})`}`;
 }
 
 /** Holds, renews and gives up the writer lease of one queue. */
@@ -89,6 +98,7 @@ export class WriterLease {
   private firstAnswered = false;
   /** The role and reason last reported, so a change between two ticks is reported too. */
   private reported?: string;
+  private blocked?: string;
 
   /**
    * @param key - the lease key, in the queue's own key space
@@ -110,6 +120,11 @@ export class WriterLease {
    */
   get answered(): boolean {
     return this.firstAnswered;
+  }
+
+  /** What keeps every consumer from writing, as of the last answer: see {@link StandbyDetail.problem}. */
+  get problem(): string | undefined {
+    return this.blocked;
   }
 
   /** True while the lease is ours by our own clock, with a margin for the renew in flight. */
@@ -140,6 +155,7 @@ export class WriterLease {
       if (isWrongTypeError(err)) {
         why = 'refused';
         detail.err = err;
+        detail.problem = `${this.key} holds something other than a lease (${err.message})`;
         this.validUntil = 0;
       } else {
         why = 'unanswered';
@@ -147,11 +163,16 @@ export class WriterLease {
         // Keep our clock's view: it expires on its own if Redis stays away.
       }
     }
+    if (detail.holder && detail.leaseTtlMs === -1) {
+      detail.problem = `${this.key} is held by ${describeHolder(detail.holder)} with no expiry, so no consumer will take over until it is deleted`;
+    }
     this.firstAnswered = true;
+    // Unanswered says nothing of the key: what was wrong with it stays as last seen.
+    if (why !== 'unanswered') this.blocked = detail.problem;
     // Compared with what was last reported, not with the previous tick: a lease can lapse by our
     // clock between two ticks, and that must be told too.
     const role: WriterRole = this.held() ? 'writer' : 'standby';
-    const now = role === 'writer' ? role : `${role} ${why}`;
+    const now = role === 'writer' ? role : `${role} ${why} ${detail.problem ?? ''}`;
     if (now !== this.reported) {
       this.reported = now;
       if (role === 'writer') this.onChange('writer');
