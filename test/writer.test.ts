@@ -177,6 +177,21 @@ describe('the writer lease', () => {
     assert.deepEqual(theirs.changes, ['standby (held)']);
   });
 
+  it('keeps writing, and says so, when Redis loses its lease (a restart without its data)', async () => {
+    const client = t.add(new Redis(redis.url), (c) => c.disconnect());
+    const key = `userops:${queue}:writer`;
+    const { log, lines } = capturedLog();
+    const changes: string[] = [];
+    const l = t.add(new WriterLease(client, key, leaseOwner('me'), 1200, log, (role, why) => changes.push(why ? `${role} (${why})` : role)), (x) => x.stop());
+    await l.start();
+    await client.del(key);
+    await until('the lease to be taken again', async () => (await client.get(key)) !== null);
+    // Before, it stood by for a tick, saying another consumer was the writer when none was.
+    assert.deepEqual(changes, ['writer']);
+    assert.ok(l.held());
+    assert.ok(lines.some((x) => x.msg === 'the writer lease was gone from Redis (did it restart without its data?); taken again'));
+  });
+
   it('names the holder of a lease it waits behind, and says when that lease will never expire', async () => {
     const client = t.add(new Redis(redis.url), (c) => c.disconnect());
     // Set by hand, without a TTL: nobody would ever take over.

@@ -12,19 +12,17 @@ import type { Logger } from 'pino';
 
 import { isWrongTypeError } from '../redis.js';
 
-// Both answer 1 when the lease is ours, else the holder's value and the lease's PTTL (-1: none),
-// so a standby can say who writes and whether that lease will ever expire.
-const NOT_OURS = `return {v or '', redis.call('PTTL', KEYS[1])}`;
-// Extend only if we still hold it: a lease that expired and was taken by another stays theirs.
-const RENEW = `local v = redis.call('GET', KEYS[1])
-if v == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-${NOT_OURS}`;
-// Take it if free, or if it is still ours: our clock gives it up when Redis stops answering, while
-// Redis may keep it; nobody else has held it meanwhile, and we committed nothing without it.
+// Asked to take and to renew alike. Answers 1 when the lease was ours and is extended; 2 when it
+// was free and is now ours; else the holder's value and its PTTL (-1: none), so a standby can say
+// who writes and whether that lease will ever expire. A lease taken by another stays theirs. One
+// still ours is extended even after our clock gave it up (Redis stopped answering, but kept it):
+// nobody else held it meanwhile, and we committed nothing without it. A free one is taken even
+// while our clock holds it: Redis lost it (a restart without its data), and SET NX makes sure
+// nobody took it since.
 const ACQUIRE = `local v = redis.call('GET', KEYS[1])
 if v == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-if redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then return 1 end
-${NOT_OURS}`;
+if redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then return 2 end
+return {v or '', redis.call('PTTL', KEYS[1])}`;
 const RELEASE = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end`;
 
 /** Who holds a lease, as far as its value tells. */
@@ -143,9 +141,11 @@ export class WriterLease {
     let why: StandbyReason = 'held';
     const detail: StandbyDetail = {};
     try {
-      const answer: unknown = await this.redis.eval(this.held() ? RENEW : ACQUIRE, 1, this.key, this.owner, this.ttlMs);
+      const held = this.held();
+      const answer: unknown = await this.redis.eval(ACQUIRE, 1, this.key, this.owner, this.ttlMs);
+      if (held && answer === 2) this.log.warn({ key: this.key }, 'the writer lease was gone from Redis (did it restart without its data?); taken again');
       // Counted from before the request: the lease may have started expiring while it travelled.
-      this.validUntil = answer === 1 ? started + this.ttlMs - Math.floor(this.ttlMs / 5) : 0;
+      this.validUntil = answer === 1 || answer === 2 ? started + this.ttlMs - Math.floor(this.ttlMs / 5) : 0;
       if (Array.isArray(answer) && typeof answer[0] === 'string' && answer[0] !== '') {
         detail.holder = parseLeaseOwner(answer[0]);
         detail.leaseTtlMs = Number(answer[1]);
