@@ -7,6 +7,7 @@ import { Cluster, Redis, type RedisOptions } from 'ioredis';
 import type { Logger } from 'pino';
 import { z } from 'zod';
 
+import { ConfigError } from './protocol/errors.js';
 import { bullPrefix, parseRedisUrl, redactUrl, type RedisTarget } from './redis-url.js';
 
 export { bullPrefix, redactUrl, userOpsKey } from './redis-url.js';
@@ -29,6 +30,15 @@ export const EVENTS_STREAM_MAX_LEN = 1000;
  */
 export function isWrongTypeError(err: unknown): err is Error {
   return err instanceof Error && err.message.startsWith('WRONGTYPE');
+}
+
+/**
+ * Whether Redis refused to SELECT the URL's database number: it has fewer databases (16 unless
+ * configured). ioredis reports that as an error event and carries on in database 0, where the
+ * owner would have read and written another queue's keys without a word.
+ */
+function isNoSuchDatabase(err: Error): boolean {
+  return /DB index is out of range|invalid DB index/i.test(err.message);
 }
 
 /** The options of every userops BullMQ Queue: its connection, its key prefix, a short events stream. */
@@ -72,6 +82,13 @@ export class RedisConnections {
   private readonly lastErrors = new WeakMap<Redis, Error>();
   private readonly target: RedisTarget;
   private readonly reportOutages: boolean;
+  private misconfigured?: ConfigError;
+  private onMisconfigured?: (err: ConfigError) => void;
+  /**
+   * Rejects with a `ConfigError` once Redis has refused what the URL asks of every connection (a
+   * database it does not have): waiting for such a connection would never end. Never resolves.
+   */
+  readonly refused: Promise<never>;
 
   /**
    * @param url - the Redis URL; never logged without {@link redactUrl}
@@ -89,6 +106,14 @@ export class RedisConnections {
     if (typeof target === 'string') throw new TypeError(`invalid Redis URL ${redactUrl(url)}: ${target}`);
     this.target = target;
     this.reportOutages = options.reportOutages ?? true;
+    this.refused = new Promise<never>((_, reject) => (this.onMisconfigured = reject));
+    // Raced by whoever waits for a connection; unobserved, it must not count as unhandled.
+    this.refused.catch(() => undefined);
+  }
+
+  /** Set once Redis has refused the URL's database: see {@link RedisConnections.refused}. */
+  get configError(): ConfigError | undefined {
+    return this.misconfigured;
   }
 
   /** Opens a connection for `role`. */
@@ -111,6 +136,17 @@ export class RedisConnections {
     let down = false;
     client.on('error', (err: Error) => {
       this.lastErrors.set(client, err);
+      if (isNoSuchDatabase(err)) {
+        // Reported before the connection is ready, so nothing has run in database 0 yet.
+        const message = `Redis at ${redactUrl(this.url)} has no such database (${err.message})`;
+        this.misconfigured ??= new ConfigError([{ path: 'REDIS_URL', message: `the database number: ${err.message}` }], message);
+        this.closing = true;
+        client.disconnect();
+        this.onMisconfigured?.(this.misconfigured);
+        // Its owner is told, and says so: the client's caller, the commands' one-line error.
+        this.logger[this.reportOutages ? 'warn' : 'debug'](where, message);
+        return;
+      }
       if (!down && !this.closing) this.logger[this.reportOutages ? 'warn' : 'debug']({ err, ...where }, 'Redis connection error');
       down = true;
     });

@@ -23,7 +23,7 @@ import { applyJob } from '../src/consumer/apply.js';
 import type { ConsumerOptions } from '../src/consumer/options.js';
 import { Store } from '../src/consumer/store.js';
 import { ConfigError, JobNotFailedError, JobNotFoundError } from '../src/protocol/errors.js';
-import { runCli } from './helpers/cli.js';
+import { runCli, spawnConsumer } from './helpers/cli.js';
 import { newClient, plainQueue, redisSuite, startConsumer, tempDb } from './helpers/fixtures.js';
 import { freePort } from './helpers/redis-server.js';
 
@@ -100,6 +100,23 @@ describe('userops stats', () => {
     assert.equal(r.code, 3);
     assert.match(r.stderr, /^userops: REDIS_UNAVAILABLE: Redis at redis:\/\/:\*\*\*@127\.0\.0\.1:\d+ is unavailable: connect ECONNREFUSED[^\n]*\n$/);
     assert.doesNotMatch(r.stderr, /hunter2/);
+  });
+});
+
+describe('a REDIS_URL naming a database Redis does not have', () => {
+  it('is a configuration error for the commands, the client and the consumer, not database 0', async () => {
+    // redis-server has 16 databases unless told otherwise; ioredis carries on in 0 when SELECT fails.
+    const url = `${s.redis.url}/99`;
+    const r = await runCli(['stats'], { ...env, REDIS_URL: url });
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /^userops: INVALID_CONFIG: Redis at redis:\/\/127\.0\.0\.1:\d+\/99 has no such database \(ERR DB index is out of range\)\n$/);
+    const client = newClient(s.t, { redisUrl: url, queue: s.queue });
+    await assert.rejects(client.createUser(user('nowhere')), (err: unknown) => err instanceof ConfigError && /has no such database/.test(err.message));
+    const consumer = spawnConsumer({ ...env, REDIS_URL: url });
+    assert.equal(await consumer.exited, 2);
+    // Nothing reached database 0, where the same queue could be served.
+    const db0 = s.t.add(new Redis(s.redis.url), (c) => c.disconnect());
+    assert.deepEqual(await db0.keys(`bull:${s.queue}:*`), []);
   });
 });
 

@@ -37,9 +37,10 @@ export async function withAdminQueue<T>(config: AdminConfig, work: (q: AdminQueu
   queue.on('error', (err) => logger.debug({ err }, 'queue error'));
   try {
     try {
-      await withDeadline(queue.waitUntilReady(), CONNECT_DEADLINE_MS, () => new Error(`no connection within ${CONNECT_DEADLINE_MS} ms`));
+      const ready = Promise.race([queue.waitUntilReady(), connections.refused]);
+      await withDeadline(ready, CONNECT_DEADLINE_MS, () => new Error(`no connection within ${CONNECT_DEADLINE_MS} ms`));
     } catch (err) {
-      throw new RedisUnavailableError(redactUrl(url), connections.lastError(redis) ?? err);
+      throw connections.configError ?? new RedisUnavailableError(redactUrl(url), connections.lastError(redis) ?? err);
     }
     return await work({ queue, redis, keys: { writer: userOpsKey(url, config.queue, 'writer'), db: userOpsKey(url, config.queue, 'db') }, redisUrl: redactUrl(url) });
   } finally {

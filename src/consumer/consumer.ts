@@ -258,7 +258,8 @@ export class UserOpsConsumer {
   private async waitForRedis<T>(ready: Promise<T>): Promise<T> {
     const { startTimeoutMs, redisUrl } = this.options;
     try {
-      return await withDeadline(ready, startTimeoutMs, () => new RedisUnavailableError(redactUrl(redisUrl)));
+      const refused = this.redis?.refused;
+      return await withDeadline(refused ? Promise.race([ready, refused]) : ready, startTimeoutMs, () => new RedisUnavailableError(redactUrl(redisUrl)));
     } catch (err) {
       await this.close();
       throw err instanceof RedisUnavailableError || err instanceof ConfigError ? err : new RedisUnavailableError(redactUrl(redisUrl), err);

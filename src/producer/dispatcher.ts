@@ -16,6 +16,7 @@ import type { Logger } from 'pino';
 
 import {
   ClientClosedError,
+  ConfigError,
   fromWireError,
   JobFailedError,
   type JobPayload,
@@ -160,15 +161,15 @@ export class Dispatcher {
     const payload: JobPayload = { v: PROTOCOL_VERSION, ops: calls.map((c) => c.wire) };
     this.send(jobId, payload)
       .catch((err: unknown) => {
-        if (!(err instanceof RedisUnavailableError)) {
+        if (!(err instanceof RedisUnavailableError || err instanceof ConfigError)) {
           // Maybe enqueued: its outcome may still arrive (event or reconcile), and reconciling
           // finds out if it never arrived. Failing it now could make a caller retry an applied op.
           this.log.warn({ jobId, err }, 'adding a job failed after it may have reached Redis');
           job.uncertain = true;
           return;
         }
-        // Not enqueued, and Redis is unreachable: every call waiting to be sent fails with it
-        // now, instead of each waiting its turn to learn the same thing.
+        // Not enqueued, and Redis is unreachable (or refuses the URL's database): every call
+        // waiting to be sent fails with it now, instead of each waiting its turn to learn the same.
         this.finish(jobId);
         for (const call of [...calls, ...this.outbox.splice(0)]) this.settle(call, err);
       })

@@ -12,7 +12,7 @@ import { type Job, Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 
-import { JOB_NAME, type JobPayload, RedisUnavailableError } from '../protocol/index.js';
+import { ConfigError, JOB_NAME, type JobPayload, RedisUnavailableError } from '../protocol/index.js';
 import { queueOptions, RedisConnections, redactUrl, settleWithin, userOpsKey, withDeadline } from '../redis.js';
 import type { StaleJob } from './dispatcher.js';
 import { ReplyReader } from './reply-reader.js';
@@ -203,7 +203,7 @@ export class QueueLink {
       if (this.closed) throw new Error('client closed while connecting');
     };
     try {
-      await queue.waitUntilReady();
+      await Promise.race([queue.waitUntilReady(), redis.refused]);
       stillWanted();
       // Its own connection: XREAD blocks it. Retrying forever, like BullMQ's blocking readers.
       const replies = new ReplyReader(redis.open('blocking'), this.replyKey, this.outcomes, this.log);
@@ -221,8 +221,8 @@ export class QueueLink {
   /** The newest connection attempt, for the cause of an outage. */
   private attempt?: Parts;
 
-  private unavailable(err: unknown): RedisUnavailableError {
-    if (err instanceof RedisUnavailableError) return err;
+  private unavailable(err: unknown): RedisUnavailableError | ConfigError {
+    if (err instanceof RedisUnavailableError || err instanceof ConfigError) return err;
     const commands = this.attempt?.commands;
     const known = commands && commands.status !== 'ready' ? this.attempt?.redis.lastError(commands) : undefined;
     return new RedisUnavailableError(redactUrl(this.options.redisUrl), known ?? err);
