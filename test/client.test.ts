@@ -49,7 +49,11 @@ describe('UserOpsClient with a running consumer', () => {
     await client.createUser({ ...bob, nickname: 'alice' });
     assert.deepEqual((await client.listUsers()).map((u) => u.nickname), ['alice', 'bob']);
     assert.deepEqual((await client.listUsers({ after: 'alice', limit: 5 })).map((u) => u.nickname), ['bob']);
-    assert.deepEqual(await client.deleteUser('bob'), updated);
+    // Fields present but undefined are absent, as the types say (for exactOptionalPropertyTypes callers).
+    assert.deepEqual((await client.listUsers({ after: undefined, limit: undefined })).map((u) => u.nickname), ['alice', 'bob']);
+    const again = await client.updateUser('bob', { fullName: undefined, email: 'robert@example.com' });
+    assert.deepEqual([again.fullName, again.email], ['Robert Builder', 'robert@example.com']);
+    assert.deepEqual(await client.deleteUser('bob'), again);
     await assert.rejects(client.getUser('bob'), UserNotFoundError);
   });
 

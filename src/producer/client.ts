@@ -24,16 +24,17 @@ export interface CreateUserInput {
 
 /** Fields {@link UserOpsClient.updateUser} can change; give at least one. */
 export interface UpdateUserInput {
-  fullName?: string;
-  email?: string;
+  // `| undefined` so that callers under exactOptionalPropertyTypes may pass a field they may not have.
+  fullName?: string | undefined;
+  email?: string | undefined;
 }
 
 /** Paging of {@link UserOpsClient.listUsers}: users in nickname order, after `after`. */
 export interface ListUsersInput {
   /** At most this many users (1-1000). @defaultValue 100 */
-  limit?: number;
-  /** Start after this nickname; pass the last nickname of the previous page. */
-  after?: string;
+  limit?: number | undefined;
+  /** Start after this nickname; pass the last nickname of the previous page (`page.at(-1)?.nickname`). */
+  after?: string | undefined;
 }
 
 /**
