@@ -41,6 +41,9 @@ function isNoSuchDatabase(err: Error): boolean {
   return /DB index is out of range|invalid DB index/i.test(err.message);
 }
 
+/** ioredis' refusal of a command while it has no connection and no offline queue. */
+const OFFLINE_REFUSAL = /enableOfflineQueue/;
+
 /** The options of every userops BullMQ Queue: its connection, its key prefix, a short events stream. */
 export function queueOptions(url: string, queue: string, connection: Redis): QueueOptions {
   return { connection, prefix: bullPrefix(url, queue), streams: { events: { maxLen: EVENTS_STREAM_MAX_LEN } } };
@@ -135,6 +138,9 @@ export class RedisConnections {
     const where = { redis: redactUrl(this.url), role };
     let down = false;
     client.on('error', (err: Error) => {
+      // A command refused while not connected is a consequence, not a cause: a host that never
+      // answers would otherwise be reported as "Stream isn't writeable" instead of a timeout.
+      if (OFFLINE_REFUSAL.test(err.message)) return;
       this.lastErrors.set(client, err);
       if (isNoSuchDatabase(err)) {
         // Reported before the connection is ready, so nothing has run in database 0 yet.

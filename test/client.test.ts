@@ -1,4 +1,6 @@
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { type AddressInfo, createServer } from 'node:net';
 import { beforeEach, describe, it } from 'node:test';
 
 import { Worker } from 'bullmq';
@@ -224,6 +226,20 @@ describe('UserOpsClient when things are missing', () => {
       return true;
     });
     assert.ok(Date.now() - started < 5000, 'fails within seconds, not after the call timeout');
+  });
+
+  it('says what answered when the address is not a Redis, not that a command was refused', async () => {
+    // An HTTP server, say: a wrong port in REDIS_URL.
+    const http = createServer((socket) => socket.end('HTTP/1.1 400 Bad Request\r\n\r\n')).listen(0, '127.0.0.1');
+    t.add(http, (h) => h.close());
+    await once(http, 'listening');
+    const client = newClient(t, { redisUrl: `redis://127.0.0.1:${(http.address() as AddressInfo).port}`, queue, connectTimeoutMs: 1000 });
+    await assert.rejects(client.getUser('bob'), (err: unknown) => {
+      assert.ok(err instanceof RedisUnavailableError);
+      // Before: "Stream isn't writeable and enableOfflineQueue options is false", a consequence.
+      assert.match(err.message, /Protocol error, got "H" as reply type byte/);
+      return true;
+    });
   });
 
   it('closes within seconds when Redis has died (BullMQ #4656 would wait forever)', async () => {
