@@ -344,6 +344,26 @@ describe('consumer', () => {
     assert.match(lines.find((l) => l.includes('SQLITE_BUSY')) ?? '', /retrying in place/);
   });
 
+  it('says plainly that a job was gone from Redis when it comes to record its outcome', async () => {
+    const db = t.add(tempDb(), (d) => d.cleanup());
+    const { log, lines } = capturedLog();
+    await startConsumer(t, { redisUrl: redis.url, queue, dbPath: db.dbPath, busyTimeoutMs: 10, logger: log });
+    // The commit waits on this lock while the job is deleted, as a Redis restarted empty would.
+    const locker = t.add(new Database(db.dbPath), (d) => d.close());
+    locker.exec('BEGIN IMMEDIATE');
+    const q = plainQueue(t, redis.url, queue);
+    await q.add('batch', { v: 1, ops: [create('vanishing')] }, { jobId: 'vanishing' });
+    await until('the commit to wait on the lock', () => lines.some((l) => String(l.msg).includes('retrying in place')));
+    const raw = t.add(new Redis(redis.url), (c) => c.disconnect());
+    await raw.del(`bull:${queue}:vanishing`);
+    locker.exec('ROLLBACK');
+    await until('the outcome to be refused', () => lines.some((l) => l.jobId === 'vanishing' && l.level === 40));
+    const line = lines.find((l) => l.jobId === 'vanishing' && l.level === 40);
+    assert.equal(line?.msg, 'a job was gone from Redis before its outcome could be recorded there (did Redis restart without its data?)');
+    assert.match(String(line?.reason), /^Missing key for job vanishing/);
+    assert.equal(line?.err, undefined, 'no stack: it says nothing more');
+  });
+
   it('hands back a lone job and the job found during its commit, in queue order, when it closes', async () => {
     const db = t.add(tempDb(), (d) => d.cleanup());
     const lines: string[] = [];

@@ -280,9 +280,15 @@ export class GroupCommitter {
     return ack.then(
       () => undefined,
       (err: unknown) => {
+        const e = coerceError(err);
+        if (e.message.startsWith('Missing key for job')) {
+          // Nothing to re-deliver, and the stack says nothing more: Redis no longer holds the job.
+          this.log.warn({ jobId: job.id, reason: e.message }, 'a job was gone from Redis before its outcome could be recorded there (did Redis restart without its data?)');
+          return;
+        }
         // Usually the job stays active and is re-delivered, then answered from the ledger; BullMQ
         // may also have moved it and failed only in its clean-up (a bad removeOnComplete option).
-        this.log.warn({ err: coerceError(err), jobId: job.id }, 'could not acknowledge a job; unless Redis recorded it anyway, it will be re-delivered');
+        this.log.warn({ err: e, jobId: job.id }, 'could not acknowledge a job; unless Redis recorded it anyway, it will be re-delivered');
       },
     );
   }
