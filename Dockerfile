@@ -3,6 +3,8 @@ FROM node:24-bookworm-slim AS build
 
 # better-sqlite3 is a native addon: node-gyp compiles 12.x when no prebuilt binary fits. This Node
 # loads 13.x (prebuilt, Node-API; src/consumer/sqlite-driver.ts), but npm installs both majors.
+# Both are optional dependencies, so a failed build would not fail `npm ci`: the check after the
+# build does, by loading the driver this Node uses.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 make g++ \
  && rm -rf /var/lib/apt/lists/*
@@ -14,6 +16,7 @@ RUN npm ci
 COPY tsconfig*.json ./
 COPY src ./src
 RUN npm run build \
+ && node -e "import('./dist/consumer/sqlite-driver.js')" \
  && npm prune --omit=dev
 
 # Runtime stage: no compiler, only production node_modules and the compiled JavaScript.

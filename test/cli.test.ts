@@ -1,4 +1,9 @@
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { copyFileSync, cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync, symlinkSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { after, afterEach, before, beforeEach, describe, it } from 'node:test';
 
 import { pino } from 'pino';
@@ -182,7 +187,40 @@ describe('private redis-server', () => {
     await assert.rejects(client.getUser('x'), { code: 'TIMEOUT' });
     await server.stop();
     assert.equal(await isPortOpen('127.0.0.1', port), false);
-    const { readdirSync } = await import('node:fs');
     assert.ok(readdirSync(`${db.dir}/redis`).some((f) => f.startsWith('appendonly')), 'AOF files written');
+  });
+});
+
+describe('installed without the optional SQLite driver', () => {
+  it('runs the client commands, and the ones that need SQLite say what is missing (exit 2)', async () => {
+    // A copy of the project whose node_modules lacks both better-sqlite3 majors, as after
+    // `npm install --omit=optional` or a failed native build.
+    const root = fileURLToPath(new URL('..', import.meta.url));
+    const dir = mkdtempSync(join(tmpdir(), 'userops-nodriver-'));
+    after(() => rmSync(dir, { recursive: true, force: true }));
+    cpSync(join(root, 'src'), join(dir, 'src'), { recursive: true });
+    copyFileSync(join(root, 'package.json'), join(dir, 'package.json'));
+    mkdirSync(join(dir, 'node_modules'));
+    for (const name of readdirSync(join(root, 'node_modules'))) {
+      if (!name.startsWith('better-sqlite3')) symlinkSync(join(root, 'node_modules', name), join(dir, 'node_modules', name));
+    }
+    const env = { ...process.env, REDIS_URL: `redis://127.0.0.1:${await freePort()}`, USEROPS_DB: join(dir, 'data', 'u.db'), USEROPS_HTTP_PORT: '0' };
+    const run = (...args: string[]) =>
+      new Promise<{ code: number | null; stderr: string }>((resolve) => {
+        const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', ...args], { cwd: dir, env, stdio: ['ignore', 'ignore', 'pipe'] });
+        let stderr = '';
+        child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+        child.once('close', (code) => resolve({ code, stderr }));
+      });
+    // The client's command loads, and gets as far as Redis.
+    const get = await run('get', 'bob');
+    assert.equal(get.code, 3, get.stderr);
+    assert.match(get.stderr, /^userops: REDIS_UNAVAILABLE/);
+    for (const command of ['stats', 'consumer']) {
+      const r = await run(command);
+      assert.equal(r.code, 2, `${command}: ${r.stderr}`);
+      assert.match(r.stderr, /^userops: INVALID_CONFIG: The consumer needs better-sqlite3 .* and it is not installed: it is an optional dependency of userops/m);
+    }
+    assert.equal(existsSync(join(dir, 'data')), false, 'no database was created');
   });
 });

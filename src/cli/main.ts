@@ -26,13 +26,10 @@ import { createLogger } from '../logger.js';
 import { UserOpsClient } from '../producer/client.js';
 import { ErrorCode, UserOpsError } from '../protocol/errors.js';
 import { MAX_LIST_LIMIT } from '../protocol/ops.js';
-import { backupDatabase } from './backup.js';
 import { runDemo } from './demo.js';
 import { formatConfig } from './effective-config.js';
 import { formatFailed, listFailed } from './failed.js';
 import { RETRY_HELP, retryAll, retryJob } from './retry.js';
-import { runConsumer } from './run-consumer.js';
-import { collectStats, formatStats } from './stats.js';
 import { oneLineUsageErrors } from './usage-errors.js';
 
 /** Exit codes; documented in the README. */
@@ -111,12 +108,17 @@ function print<T>(result: T, json: boolean | undefined, human: (r: T) => string)
   process.stdout.write(`${json ? JSON.stringify(result, null, 2) : human(result)}\n`);
 }
 
+// The commands that open SQLite (stats, backup, consumer) are imported when run: the SQLite driver
+// is an optional dependency, and the client's commands must work where only the client is installed.
 function addAdminCommands(program: Command): void {
   program
     .command('stats')
     .description('queue job counts, the writer lease, and what the database holds (read-only)')
     .option('--json', 'print JSON instead of a table')
-    .action(async (o: { json?: boolean }) => print(await collectStats(adminConfig()), o.json, formatStats));
+    .action(async (o: { json?: boolean }) => {
+      const { collectStats, formatStats } = await import('./stats.js');
+      print(await collectStats(adminConfig()), o.json, formatStats);
+    });
 
   program
     .command('failed')
@@ -145,6 +147,7 @@ function addAdminCommands(program: Command): void {
     .option('--force', 'replace <file> if it exists')
     .addHelpText('after', '\nRestore: stop the consumer, replace the database file with the copy, delete its -wal and -shm files, start the consumer.')
     .action(async (file: string, o: { force?: boolean }) => {
+      const { backupDatabase } = await import('./backup.js');
       const summary = await backupDatabase(adminConfig().dbPath, file, { force: o.force === true, progressTo: process.stderr });
       print(summary, true, String);
     });
@@ -166,7 +169,7 @@ function buildProgram(): Command {
   program
     .command('consumer')
     .description('run the consumer daemon (the single writer) until SIGTERM or SIGINT')
-    .action(runConsumer);
+    .action(async () => (await import('./run-consumer.js')).runConsumer());
 
   program
     .command('create')
