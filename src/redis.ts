@@ -85,8 +85,7 @@ export class RedisConnections {
   private readonly lastErrors = new WeakMap<Redis, Error>();
   private readonly target: RedisTarget;
   private readonly reportOutages: boolean;
-  private misconfigured?: ConfigError;
-  private onMisconfigured?: (err: ConfigError) => void;
+  private refuse?: (err: ConfigError) => void;
   /**
    * Rejects with a `ConfigError` once Redis has refused what the URL asks of every connection (a
    * database it does not have): waiting for such a connection would never end. Never resolves.
@@ -109,14 +108,9 @@ export class RedisConnections {
     if (typeof target === 'string') throw new TypeError(`invalid Redis URL ${redactUrl(url)}: ${target}`);
     this.target = target;
     this.reportOutages = options.reportOutages ?? true;
-    this.refused = new Promise<never>((_, reject) => (this.onMisconfigured = reject));
+    this.refused = new Promise<never>((_, reject) => (this.refuse = reject));
     // Raced by whoever waits for a connection; unobserved, it must not count as unhandled.
     this.refused.catch(() => undefined);
-  }
-
-  /** Set once Redis has refused the URL's database: see {@link RedisConnections.refused}. */
-  get configError(): ConfigError | undefined {
-    return this.misconfigured;
   }
 
   /** Opens a connection for `role`. */
@@ -145,10 +139,9 @@ export class RedisConnections {
       if (isNoSuchDatabase(err)) {
         // Reported before the connection is ready, so nothing has run in database 0 yet.
         const message = `Redis at ${redactUrl(this.url)} has no such database (${err.message})`;
-        this.misconfigured ??= new ConfigError([{ path: 'REDIS_URL', message: `the database number: ${err.message}` }], message);
         this.closing = true;
         client.disconnect();
-        this.onMisconfigured?.(this.misconfigured);
+        this.refuse?.(new ConfigError([{ path: 'REDIS_URL', message: `the database number: ${err.message}` }], message));
         // Its owner is told, and says so: the client's caller, the commands' one-line error.
         this.logger[this.reportOutages ? 'warn' : 'debug'](where, message);
         return;

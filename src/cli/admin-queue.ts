@@ -7,7 +7,7 @@ import type { Redis } from 'ioredis';
 
 import type { AdminConfig } from '../config.js';
 import { createLogger } from '../logger.js';
-import { RedisUnavailableError } from '../protocol/errors.js';
+import { ConfigError, RedisUnavailableError } from '../protocol/errors.js';
 import { DEFAULT_REDIS_URL, queueOptions, RedisConnections, redactUrl, settleWithin, userOpsKey, withDeadline } from '../redis.js';
 import { TolerantQueue } from '../unreadable-jobs.js';
 
@@ -40,7 +40,7 @@ export async function withAdminQueue<T>(config: AdminConfig, work: (q: AdminQueu
       const ready = Promise.race([queue.waitUntilReady(), connections.refused]);
       await withDeadline(ready, CONNECT_DEADLINE_MS, () => new Error(`no connection within ${CONNECT_DEADLINE_MS} ms`));
     } catch (err) {
-      throw connections.configError ?? new RedisUnavailableError(redactUrl(url), connections.lastError(redis) ?? err);
+      throw err instanceof ConfigError ? err : new RedisUnavailableError(redactUrl(url), connections.lastError(redis) ?? err);
     }
     return await work({ queue, redis, keys: { writer: userOpsKey(url, config.queue, 'writer'), db: userOpsKey(url, config.queue, 'db') }, redisUrl: redactUrl(url) });
   } finally {
