@@ -41,8 +41,13 @@ function isNoSuchDatabase(err: Error): boolean {
   return /DB index is out of range|invalid DB index/i.test(err.message);
 }
 
-/** ioredis' refusal of a command while it has no connection and no offline queue. */
-const OFFLINE_REFUSAL = /enableOfflineQueue/;
+/**
+ * Whether ioredis refused a command because it has no connection and no offline queue: the
+ * command never reached Redis.
+ */
+export function isOfflineRefusal(err: unknown): boolean {
+  return err instanceof Error && /enableOfflineQueue/.test(err.message);
+}
 
 /** The options of every userops BullMQ Queue: its connection, its key prefix, a short events stream. */
 export function queueOptions(url: string, queue: string, connection: Redis): QueueOptions {
@@ -134,7 +139,7 @@ export class RedisConnections {
     client.on('error', (err: Error) => {
       // A command refused while not connected is a consequence, not a cause: a host that never
       // answers would otherwise be reported as "Stream isn't writeable" instead of a timeout.
-      if (OFFLINE_REFUSAL.test(err.message)) return;
+      if (isOfflineRefusal(err)) return;
       this.lastErrors.set(client, err);
       if (isNoSuchDatabase(err)) {
         // Reported before the connection is ready, so nothing has run in database 0 yet.

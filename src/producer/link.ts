@@ -13,7 +13,7 @@ import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 
 import { ConfigError, JOB_NAME, type JobPayload, RedisUnavailableError } from '../protocol/index.js';
-import { queueOptions, RedisConnections, redactUrl, settleWithin, userOpsKey, withDeadline } from '../redis.js';
+import { isOfflineRefusal, queueOptions, RedisConnections, redactUrl, settleWithin, userOpsKey, withDeadline } from '../redis.js';
 import type { StaleJob } from './dispatcher.js';
 import { ReplyReader } from './reply-reader.js';
 
@@ -85,7 +85,7 @@ export class QueueLink {
       await queue.add(JOB_NAME, { ...payload, reply: this.replyId }, { jobId });
     } catch (err) {
       // ioredis refused to send it (no offline queue): nothing reached Redis.
-      if (err instanceof Error && /enableOfflineQueue/.test(err.message)) throw this.unavailable(err);
+      if (isOfflineRefusal(err)) throw this.unavailable(err);
       throw new MaybeEnqueuedError(err instanceof Error ? err.message : String(err));
     }
   }
