@@ -199,18 +199,26 @@ describe('consumer', () => {
     for (const id of ['ts-before', 'ts-odd', 'ts-after']) await until(`${id} to complete`, async () => (await q.getJobState(id)) === 'completed');
   });
 
-  it('fails a job whose stored data is not JSON, lists it, and keeps the jobs fetched beside it', async () => {
+  /**
+   * A job hash written by hand (as no Queue would) with `data` and `opts` as given, queued between
+   * two good jobs; resolves once a consumer has completed both good ones.
+   */
+  async function handWrittenBetweenGoodJobs(id: string, data: string, opts: string) {
     const db = t.add(tempDb(), (d) => d.cleanup());
     const { log, lines } = capturedLog();
     const q = plainQueue(t, redis.url, queue);
     await q.add('batch', { v: 1, ops: [create('first')] }, { jobId: 'good-1' });
-    // Written by hand, as no Queue would: its data is not JSON. Fetched right after good-1.
     const raw = t.add(new Redis(redis.url), (c) => c.disconnect());
-    await raw.hset(`bull:${queue}:unreadable`, 'name', 'batch', 'data', '{not json', 'opts', '{}', 'timestamp', String(Date.now()));
-    await raw.lpush(`bull:${queue}:wait`, 'unreadable');
+    await raw.hset(`bull:${queue}:${id}`, 'name', 'batch', 'data', data, 'opts', opts, 'timestamp', String(Date.now()));
+    await raw.lpush(`bull:${queue}:wait`, id);
     await q.add('batch', { v: 1, ops: [create('second')] }, { jobId: 'good-2' });
     await startConsumer(t, { redisUrl: redis.url, queue, dbPath: db.dbPath, logger: log });
-    for (const id of ['good-1', 'good-2']) await until(`${id} to complete`, async () => (await q.getJobState(id)) === 'completed');
+    for (const good of ['good-1', 'good-2']) await until(`${good} to complete`, async () => (await q.getJobState(good)) === 'completed');
+    return { db, lines, raw };
+  }
+
+  it('fails a job whose stored data is not JSON, lists it, and keeps the jobs fetched beside it', async () => {
+    const { db, lines, raw } = await handWrittenBetweenGoodJobs('unreadable', '{not json', '{}');
     // Before, BullMQ's parse error lost the job's id: it stayed active and came back for ever.
     await until('the unreadable job to fail', async () => (await raw.zscore(`bull:${queue}:failed`, 'unreadable')) !== null);
     assert.match(await raw.hget(`bull:${queue}:unreadable`, 'failedReason') ?? '', /^data is not JSON \(.+\)$/);
@@ -224,17 +232,8 @@ describe('consumer', () => {
   });
 
   it('keeps the jobs fetched beside one whose stored options BullMQ cannot read', async () => {
-    const db = t.add(tempDb(), (d) => d.cleanup());
-    const { log, lines } = capturedLog();
-    const q = plainQueue(t, redis.url, queue);
-    await q.add('batch', { v: 1, ops: [create('first')] }, { jobId: 'good-1' });
     // BullMQ parses options before it knows the job's id, so this one cannot be failed: it is skipped.
-    const raw = t.add(new Redis(redis.url), (c) => c.disconnect());
-    await raw.hset(`bull:${queue}:bad-opts`, 'name', 'batch', 'data', '{"v":1,"ops":[]}', 'opts', '{not json', 'timestamp', String(Date.now()));
-    await raw.lpush(`bull:${queue}:wait`, 'bad-opts');
-    await q.add('batch', { v: 1, ops: [create('second')] }, { jobId: 'good-2' });
-    await startConsumer(t, { redisUrl: redis.url, queue, dbPath: db.dbPath, logger: log });
-    for (const id of ['good-1', 'good-2']) await until(`${id} to complete`, async () => (await q.getJobState(id)) === 'completed');
+    const { lines } = await handWrittenBetweenGoodJobs('bad-opts', '{"v":1,"ops":[]}', '{not json');
     assert.ok(lines.some((l) => l.msg === 'skipped a job whose stored options are not JSON; BullMQ cannot read it'));
     assert.deepEqual(lines.filter((l) => l.msg === 'job stalled; it will be re-delivered').map((l) => l.jobId), []);
   });
