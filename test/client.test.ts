@@ -221,6 +221,7 @@ describe('UserOpsClient when things are missing', () => {
     await assert.rejects(client.getUser('bob'), (err: unknown) => {
       assert.ok(err instanceof RedisUnavailableError);
       assert.equal(err.code, 'REDIS_UNAVAILABLE');
+      assert.equal(err.applied, false, 'never enqueued: safe to retry, like any error with applied false');
       assert.match(err.message, /ECONNREFUSED|no connection within/);
       assert.doesNotMatch(err.message, /hunter2/, 'the password is never shown');
       return true;

@@ -43,6 +43,22 @@ describe('op arguments', () => {
     assert.match(v.message, /nickname: must start with a letter or digit/);
   });
 
+  it('says once that the arguments are not an object, instead of once per required field', () => {
+    for (const [args, got] of [[null, 'null'], [undefined, 'nothing'], [5, '5'], ['bob', '"bob"'], [[], 'an empty array']] as const) {
+      assert.throws(
+        () => parseArgs('user.create', args),
+        (err: unknown) =>
+          err instanceof ValidationError &&
+          err.message === `Invalid user.create arguments: expected an object like { nickname, fullName, email } (got ${got})` &&
+          err.issues.length === 1,
+      );
+    }
+    assert.throws(() => parseArgs('user.list', 'all'), /^ValidationError: Invalid user\.list arguments: expected an object like \{ limit, after \} \(got "all"\)$/);
+    // An op that needs nothing still takes missing args as empty ones.
+    assert.deepEqual(parseArgs('user.list', null), {});
+    assert.deepEqual(parseArgs('user.list', undefined), {});
+  });
+
   it('rejects unknown keys instead of dropping them', () => {
     assert.throws(() => parseArgs('user.get', { nickname: 'bob', admin: true }), /unknown key\(s\) admin/);
     assert.throws(() => parseArgs('user.get', JSON.parse('{"nickname":"bob","__proto__":{"x":1}}')), /unknown key\(s\) __proto__/);

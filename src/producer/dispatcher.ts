@@ -228,7 +228,7 @@ export class Dispatcher {
   }
 
   /** A job that was being added when the connection failed never reached Redis: nothing ran. */
-  lost(jobId: string, err: RedisUnavailableError): void {
+  lost(jobId: string, err: RedisUnavailableError | ConfigError): void {
     for (const call of this.finish(jobId) ?? []) this.settle(call, err);
   }
 

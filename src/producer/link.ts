@@ -45,7 +45,7 @@ export interface Outcomes {
   completed(jobId: string, returnValue: unknown): void;
   failed(jobId: string, reason: string): void;
   /** A job whose add failed mid-flight turned out never to have reached Redis. */
-  lost(jobId: string, err: RedisUnavailableError): void;
+  lost(jobId: string, err: RedisUnavailableError | ConfigError): void;
 }
 
 interface Parts {

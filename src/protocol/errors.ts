@@ -137,6 +137,12 @@ export class OpTimeoutError extends UserOpsError {
 /** Redis could not be reached; the call was not enqueued. */
 export class RedisUnavailableError extends UserOpsError {
   /**
+   * Always `false`: the op was never enqueued and will never run. Here so that callers deciding
+   * whether a retry is safe can check `err.applied === false` on every error that carries it.
+   */
+  readonly applied = false as const;
+
+  /**
    * @param target - the Redis URL with credentials redacted
    * @param cause - the underlying connection error, if any
    */
@@ -145,7 +151,7 @@ export class RedisUnavailableError extends UserOpsError {
     super(
       ErrorCode.REDIS_UNAVAILABLE,
       `Redis at ${target} is unavailable${why}. Check REDIS_URL and that Redis is running.`,
-      { target },
+      { target, applied: false },
       cause === undefined ? undefined : { cause },
     );
   }

@@ -6,8 +6,8 @@
  */
 import { z } from 'zod';
 
-import { ValidationError } from './errors.js';
-import { parseWith } from './validate.js';
+import { formatIssues, ValidationError } from './errors.js';
+import { describeValue, parseWith } from './validate.js';
 
 /** A user as stored and returned. Timestamps are ISO-8601 strings in UTC. */
 export interface User {
@@ -136,5 +136,14 @@ export function parseOp(raw: unknown): Op {
 
 /** Validates the arguments of op `op`. Throws {@link ValidationError} naming each bad field. */
 export function parseArgs<K extends OpName>(op: K, args: unknown): OpArgs[K] {
-  return parseWith(opArgsSchemas[op], args ?? {}, `${op} arguments`) as OpArgs[K];
+  const schema = opArgsSchemas[op];
+  // Missing args are empty ones (`user.list` needs none). Where an object is needed and missing or
+  // of another kind, one issue saying so beats one per required field ("nickname: must be a
+  // string (got nothing); fullName: ...") for a caller who passed null.
+  const given = args ?? {};
+  if (typeof given !== 'object' || Array.isArray(given) || (args == null && !schema.safeParse(given).success)) {
+    const issues = [{ path: '', message: `expected an object like { ${Object.keys(schema.shape).join(', ')} } (got ${describeValue(args)})` }];
+    throw new ValidationError(issues, `Invalid ${op} arguments: ${formatIssues(issues)}`);
+  }
+  return parseWith(schema, given, `${op} arguments`) as OpArgs[K];
 }
