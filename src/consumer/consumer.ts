@@ -20,6 +20,7 @@ import { backoffMs, GroupCommitter } from './group-commit.js';
 import { checkReadiness, type ConsumerRole, type ConsumerState, type Readiness } from './health.js';
 import { DASHBOARD_PATH, HttpServer } from './http-server.js';
 import { LedgerPruner } from './ledger-pruner.js';
+import { QueueSettingsGuard } from './queue-settings.js';
 import { ConsumerMetrics } from './metrics.js';
 import { RedisWatch } from './redis-watch.js';
 import { ReplySender } from './replies.js';
@@ -69,6 +70,7 @@ export class UserOpsConsumer {
   private lease?: WriterLease;
   private committer?: GroupCommitter;
   private pruner?: LedgerPruner;
+  private settingsGuard?: QueueSettingsGuard;
   private starting?: Promise<void>;
   private closing?: Promise<void>;
   /** Aborts in-place retry sleeps when the consumer closes. */
@@ -205,6 +207,9 @@ export class UserOpsConsumer {
     // Before the loop commits anything: its first run goes by the ledger as the last run left it.
     this.pruner = new LedgerPruner(this.store, o.ledgerRetentionMs, o.ledgerPruneIntervalMs, this.log, this.isWriter);
     this.pruner.start();
+    const keys = { meta: this.queue.toKey('meta'), paused: this.queue.toKey('paused') };
+    this.settingsGuard = new QueueSettingsGuard(commands, keys, o.queueCheckIntervalMs, this.log, this.isWriter);
+    this.settingsGuard.start();
     void worker.startStalledCheckTimer().catch((err: unknown) => this.log.error({ err }, 'stalled-job checker stopped'));
     this.loopDone = this.loop(worker);
     this.state = 'running';
@@ -316,6 +321,7 @@ export class UserOpsConsumer {
     this.watch?.stop();
     // No new prune from here on; one in progress stops after its chunk.
     const pruned = this.pruner?.close();
+    const guarded = this.settingsGuard?.stop();
     // With Redis up, let the group in hand commit and be acknowledged (reconnecting through a
     // blip if need be). With Redis down it cannot be acknowledged: stop at once; a committed job
     // has its ledger row, so its re-delivery after restart is answered without applying twice.
@@ -340,6 +346,7 @@ export class UserOpsConsumer {
       // Before the writer's connection: closing last, it checkpoints the WAL and removes it.
       ['checkpointer', () => this.checkpointer?.close()],
       ['ledger pruner', () => pruned],
+      ['queue settings guard', () => settleWithin(guarded, 1000)],
       ['sqlite', () => this.store?.close()],
       ['redis', () => this.redis?.close()],
     ] as const) {

@@ -52,6 +52,13 @@ export interface ConsumerOptions {
    */
   ledgerPruneIntervalMs?: number;
   /**
+   * How often the writer checks the queue's settings that other BullMQ clients can change (the
+   * events stream's cap, which it sets back) and looks for signs of BullMQ 5 clients, which it
+   * warns about (docs/protocol.md).
+   * @defaultValue 10 s
+   */
+  queueCheckIntervalMs?: number;
+  /**
    * BullMQ job lock duration. A consumer that dies holding jobs releases them when the lock
    * expires, so this bounds recovery time. Jobs are held only for the milliseconds a group commit
    * takes (and locks are renewed while a storage error is retried), so a short lock is safe.
@@ -105,6 +112,7 @@ const schema = z.strictObject({
   maxOpsPerCommit: z.number().int().min(1).max(1_000_000).default(2000),
   ledgerRetentionMs: z.number().int().min(60_000, 'must be at least one minute').default(7 * 24 * HOUR),
   ledgerPruneIntervalMs: z.number().int().min(1000).default(HOUR),
+  queueCheckIntervalMs: z.number().int().min(100).max(HOUR).default(10_000),
   lockDurationMs: z.number().int().min(1000).max(600_000).default(5000),
   busyTimeoutMs: z.number().int().min(0).max(600_000).default(2000),
   writerLeaseMs: z.number().int().min(1000).max(600_000).default(5000),
