@@ -42,6 +42,15 @@ function isNoSuchDatabase(err: Error): boolean {
 }
 
 /**
+ * Whether Redis refused a command because it is over its `maxmemory` (policy `noeviction`, which
+ * BullMQ requires). A refusal, not a partial write: Redis refuses a script only at its first
+ * write that needs memory, and BullMQ's add script writes nothing before its first such write.
+ */
+export function isOutOfMemory(err: unknown): err is Error {
+  return err instanceof Error && err.message.startsWith('OOM ');
+}
+
+/**
  * Whether ioredis refused a command because it has no connection and no offline queue: the
  * command never reached Redis.
  */

@@ -11,7 +11,7 @@ import type { Redis } from 'ioredis';
 import { type Logger, pino } from 'pino';
 
 import { coerceError, ConfigError, type JobResults, RedisUnavailableError } from '../protocol/index.js';
-import { queueOptions, RedisConnections, redactUrl, settleWithin, userOpsKey, withDeadline } from '../redis.js';
+import { isOutOfMemory, queueOptions, RedisConnections, redactUrl, settleWithin, userOpsKey, withDeadline } from '../redis.js';
 import { TolerantQueue, TolerantWorker } from '../unreadable-jobs.js';
 import { BackgroundCheckpointer } from './checkpointer.js';
 import { bindDatabase, earlyRefusal, queueDatabaseId } from './db-identity.js';
@@ -115,6 +115,7 @@ export class UserOpsConsumer {
       role: this.role,
       redis: this.commands,
       redisError,
+      redisWriteProblem: this.watch?.writeProblem,
       store: this.store,
       storageProblem: this.storeError ?? this.committer?.storageProblem,
       storagePending: this.storePending,
@@ -185,17 +186,25 @@ export class UserOpsConsumer {
     this.worker = worker;
     // BullMQ forwards every connection error of every connection it holds, at each reconnect
     // attempt: those are the watch's to report, once per outage. Anything else is a real problem.
-    worker.on('error', (err) =>
-      this.watch?.isOutageNoise(err) ? this.log.debug({ err }, 'worker error while Redis is unreachable') : this.log.error({ err }, 'worker error'),
-    );
+    worker.on('error', (err) => {
+      if (isOutOfMemory(err)) this.watch?.writesRefused(err);
+      if (isOutOfMemory(err) || this.watch?.isOutageNoise(err)) this.log.debug({ err }, 'worker error while Redis is unreachable or refusing writes');
+      else this.log.error({ err }, 'worker error');
+    });
     worker.on('stalled', (jobId) => this.log.warn({ jobId }, 'job stalled; it will be re-delivered'));
     await this.waitForRedis(Promise.all([worker.waitUntilReady(), this.queue.waitUntilReady()]));
     if (this.state !== 'starting') return; // closed while starting
-    const refusal = await bindDatabase(this.connection, o, this.store.dbId);
+    const { store, connection } = this;
+    const refusal = await this.whileOutOfMemory(() => bindDatabase(connection, o, store.dbId));
+    if (this.state !== 'starting') return; // closed while Redis refused writes
     if (refusal) await this.refuse(refusal);
     const key = userOpsKey(o.redisUrl, o.queue, 'writer');
     this.lease = new WriterLease(this.connection, key, leaseOwner(this.token), o.writerLeaseMs, this.log, (role, why, detail) => {
+      // Taking a free lease is a write: it proves Redis takes writes again. A holder's answer
+      // proves nothing, but a standby with a writer to wait behind has no refusal to report.
+      if (role === 'writer' || why === 'held') this.watch?.writesAccepted(role === 'writer');
       if (role === 'writer') this.log.info('writer role taken: applying jobs');
+      else if (why === 'refused' && isOutOfMemory(detail?.err)) this.watch?.writesRefused(detail.err);
       else if (why === 'unanswered') this.log.warn('writer lease lapsed while Redis did not answer: standing by until it does');
       else if (detail?.problem) this.log.error({ err: detail.err, holder: detail.holder, key }, `no consumer can be the writer: ${detail.problem}; standing by, applying nothing`);
       else this.log.warn({ holder: detail?.holder, leaseTtlMs: detail?.leaseTtlMs }, 'another consumer is the writer: standing by, ready to take over');
@@ -259,6 +268,25 @@ export class UserOpsConsumer {
     }
   }
 
+  /**
+   * Runs `write`, again every second while Redis refuses it for want of memory, as an outage is
+   * waited out at start: a consumer that exited instead would be restarted into the same refusal
+   * by its supervisor, and crash-loop back-off can keep it down long after memory is freed.
+   * Resolves `undefined` if the consumer closes meanwhile.
+   */
+  private async whileOutOfMemory<T>(write: () => Promise<T>): Promise<T | undefined> {
+    for (;;) {
+      try {
+        return await write();
+      } catch (err) {
+        if (!isOutOfMemory(err)) throw err;
+        this.watch?.writesRefused(err);
+        await sleep(1000, undefined, { signal: this.stopping.signal }).catch(() => undefined);
+        if (this.stopping.signal.aborted) return undefined;
+      }
+    }
+  }
+
   /** Waits for `ready` at most `startTimeoutMs`; else closes and throws `RedisUnavailableError`. */
   private async waitForRedis<T>(ready: Promise<T>): Promise<T> {
     const { startTimeoutMs, redisUrl } = this.options;
@@ -290,6 +318,7 @@ export class UserOpsConsumer {
         const waitStarted = performance.now();
         const committer = this.committer as GroupCommitter;
         const group = await committer.take(worker);
+        this.watch?.writesAccepted();
         // A group taken is committed even if close() began meanwhile: its jobs are locked to us.
         if (group.length > 0) {
           this.inHand = committer.commit(group, performance.now() - waitStarted);
@@ -299,7 +328,9 @@ export class UserOpsConsumer {
       } catch (err) {
         if (this.stopping.signal.aborted) break;
         const delay = backoffMs(failures++);
-        this.log.error({ err, retryInMs: delay }, 'consumer loop error; carrying on');
+        if (isOutOfMemory(err)) this.watch?.writesRefused(err);
+        if (isOutOfMemory(err)) this.log.debug({ err, retryInMs: delay }, 'Redis refused to hand out jobs: out of memory');
+        else this.log.error({ err, retryInMs: delay }, 'consumer loop error; carrying on');
         await sleep(delay, undefined, { signal: this.stopping.signal }).catch(() => undefined);
       }
     }

@@ -32,7 +32,7 @@ export interface Readiness {
   role: ConsumerRole;
   /** `running` when ready; else the lifecycle state. */
   consumer: ConsumerState;
-  /** `ok`, or why a PING failed. */
+  /** `ok`, or why a PING failed, or why Redis refuses the consumer's writes (out of memory). */
   redis: string;
   /** `ok`, `busy` (another connection holds the write lock for now; still ready), or why it cannot be written. */
   sqlite: string;
@@ -53,6 +53,8 @@ export interface ReadinessProbe {
   redis: Redis | undefined;
   /** The connection's last error (ECONNREFUSED, WRONGPASS...): says more than a failed PING. */
   redisError: Error | undefined;
+  /** Why Redis refuses writes though it answers PING: over its maxmemory, it takes no job. */
+  redisWriteProblem?: string | undefined;
   store: Store | undefined;
   /** Why the database cannot be used now: not open yet, or commits failing and being retried. */
   storageProblem?: string | undefined;
@@ -64,7 +66,8 @@ export interface ReadinessProbe {
 
 /** Checks each part; never throws. */
 export async function checkReadiness(probe: ReadinessProbe): Promise<Readiness> {
-  const redis = await pingRedis(probe.redis, probe.redisError);
+  const pinged = await pingRedis(probe.redis, probe.redisError);
+  const redis = pinged === 'ok' ? (probe.redisWriteProblem ?? pinged) : pinged;
   const sqlite = probe.storagePending ?? checkSqlite(probe.store, probe.storageProblem);
   const failing: Readiness['failing'] = [];
   if (probe.state !== 'running') failing.push('consumer');

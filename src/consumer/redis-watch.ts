@@ -28,12 +28,20 @@ export function isConnectionError(err: unknown): boolean {
   return typeof e?.syscall === 'string' || e?.message === CONNECTION_CLOSED;
 }
 
-/** Watches one connection and reports its outages; `stop()` before closing the connection. */
+/**
+ * Watches one connection and reports its outages; `stop()` before closing the connection. Also
+ * told by the consumer when Redis refuses writes for want of memory: Redis then answers PING and
+ * reads, but refuses every script that takes, finishes or adds a job, and left to the loop that
+ * was an error with a stack trace every few seconds that never said what to do.
+ */
 export class RedisWatch {
   private readonly where: string;
   private downSince?: number;
   private reason = '';
   private reminder?: NodeJS.Timeout;
+  private refusingSince?: number;
+  private refusal = '';
+  private refusalReminder?: NodeJS.Timeout;
 
   /**
    * @param client - the connection whose outages stand for the consumer's: the worker's own
@@ -58,11 +66,46 @@ export class RedisWatch {
     return this.client.status !== 'ready' || isConnectionError(err);
   }
 
+  /**
+   * Why Redis refuses writes, while it does (it is over its maxmemory), for `/readyz`: the
+   * consumer can take and finish no job, though PING answers.
+   */
+  get writeProblem(): string | undefined {
+    return this.refusingSince === undefined ? undefined : `out of memory, refusing writes: ${this.refusal}`;
+  }
+
+  /**
+   * Redis refused a write for want of memory (`err` is its OOM reply): warned once, then every
+   * {@link REMIND_EVERY_MS} until {@link writesAccepted}.
+   */
+  writesRefused(err: Error): void {
+    this.refusal = err.message.replace(/\.? script: .*$/s, '.');
+    if (this.refusingSince !== undefined) return;
+    this.refusingSince = Date.now();
+    this.reportRefusal();
+    this.refusalReminder = setInterval(() => this.reportRefusal(), REMIND_EVERY_MS);
+    this.refusalReminder.unref();
+  }
+
+  /**
+   * Ends a refusal {@link writesRefused} reported: with one line when a write went through
+   * (`proven`), quietly when the consumer merely has no write to make any more (a standby that
+   * found a writer to wait behind).
+   */
+  writesAccepted(proven = true): void {
+    if (this.refusingSince === undefined) return;
+    clearInterval(this.refusalReminder);
+    const refusedForMs = Date.now() - this.refusingSince;
+    this.log[proven ? 'info' : 'debug']({ redis: this.where, refusedForMs }, `Redis at ${this.where} accepts writes again`);
+    this.refusingSince = undefined;
+  }
+
   /** Stops watching: errors of a connection being closed are no outage. Idempotent. */
   stop(): void {
     this.client.off('error', this.onError);
     this.client.off('ready', this.onReady);
     clearInterval(this.reminder);
+    clearInterval(this.refusalReminder);
   }
 
   private readonly onError = (err: Error): void => {
@@ -85,5 +128,13 @@ export class RedisWatch {
     // The reason alone, without the stack: where a socket failed says nothing worth its lines.
     const downForMs = Date.now() - (this.downSince ?? Date.now());
     this.log.warn({ redis: this.where, reason: this.reason, downForMs }, `waiting for Redis at ${this.where}`);
+  }
+
+  private reportRefusal(): void {
+    const refusedForMs = Date.now() - (this.refusingSince ?? Date.now());
+    this.log.warn(
+      { redis: this.where, reason: this.refusal, refusedForMs },
+      `Redis at ${this.where} is out of memory and refuses writes: no job can be taken or finished, and clients' calls fail. Free memory in Redis or raise its maxmemory`,
+    );
   }
 }

@@ -10,18 +10,19 @@ import { hostname } from 'node:os';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 
-import { isWrongTypeError } from '../redis.js';
+import { isOutOfMemory, isWrongTypeError } from '../redis.js';
 
 // Asked to take and to renew alike. Answers 1 when the lease was ours and is extended; 2 when it
 // was free and is now ours; else the holder's value and its PTTL (-1: none), so a standby can say
 // who writes and whether that lease will ever expire. A lease taken by another stays theirs. One
 // still ours is extended even after our clock gave it up (Redis stopped answering, but kept it):
 // nobody else held it meanwhile, and we committed nothing without it. A free one is taken even
-// while our clock holds it: Redis lost it (a restart without its data), and SET NX makes sure
-// nobody took it since.
+// while our clock holds it: Redis lost it (a restart without its data). SET only for a free
+// key: Redis over its maxmemory refuses SET even where it would change nothing, and a standby
+// must still see who writes then.
 const ACQUIRE = `local v = redis.call('GET', KEYS[1])
 if v == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-if redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then return 2 end
+if not v and redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then return 2 end
 return {v or '', redis.call('PTTL', KEYS[1])}`;
 const RELEASE = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end`;
 
@@ -65,7 +66,8 @@ export type WriterRole = 'writer' | 'standby';
 
 /**
  * Why a consumer stands by: another holds the lease, Redis did not answer the request for it, or
- * Redis answered with an error (the key holds something that is not a lease).
+ * Redis answered with an error (the key holds something that is not a lease, or Redis is out of
+ * memory and refused to let the free lease be taken).
  */
 export type StandbyReason = 'held' | 'unanswered' | 'refused';
 
@@ -156,6 +158,11 @@ export class WriterLease {
         why = 'refused';
         detail.err = err;
         detail.problem = `${this.key} holds something other than a lease (${err.message})`;
+        this.validUntil = 0;
+      } else if (isOutOfMemory(err)) {
+        // The lease was free, and Redis refused to let us take it: over its maxmemory.
+        why = 'refused';
+        detail.err = err;
         this.validUntil = 0;
       } else {
         why = 'unanswered';

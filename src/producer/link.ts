@@ -13,7 +13,7 @@ import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 
 import { ConfigError, JOB_NAME, type JobPayload, RedisUnavailableError } from '../protocol/index.js';
-import { isOfflineRefusal, queueOptions, RedisConnections, redactUrl, settleWithin, userOpsKey, withDeadline } from '../redis.js';
+import { isOfflineRefusal, isOutOfMemory, queueOptions, RedisConnections, redactUrl, settleWithin, userOpsKey, withDeadline } from '../redis.js';
 import type { StaleJob } from './dispatcher.js';
 import { ReplyReader } from './reply-reader.js';
 
@@ -84,8 +84,9 @@ export class QueueLink {
       // BullMQ retry would run it after later jobs, and other failures are deterministic.
       await queue.add(JOB_NAME, { ...payload, reply: this.replyId }, { jobId });
     } catch (err) {
-      // ioredis refused to send it (no offline queue): nothing reached Redis.
-      if (isOfflineRefusal(err)) throw this.unavailable(err);
+      // ioredis refused to send it (no offline queue), or Redis refused it for want of memory:
+      // either way nothing was enqueued, and the caller can be told so at once.
+      if (isOfflineRefusal(err) || isOutOfMemory(err)) throw this.unavailable(err);
       throw new MaybeEnqueuedError(err instanceof Error ? err.message : String(err));
     }
   }
@@ -225,7 +226,7 @@ export class QueueLink {
     if (err instanceof RedisUnavailableError || err instanceof ConfigError) return err;
     const commands = this.attempt?.commands;
     const known = commands && commands.status !== 'ready' ? this.attempt?.redis.lastError(commands) : undefined;
-    return new RedisUnavailableError(redactUrl(this.options.redisUrl), known ?? err);
+    return new RedisUnavailableError(redactUrl(this.options.redisUrl), known ?? err, isOutOfMemory(err));
   }
 
   private async teardown(parts: Parts): Promise<void> {

@@ -134,7 +134,7 @@ export class OpTimeoutError extends UserOpsError {
   }
 }
 
-/** Redis could not be reached; the call was not enqueued. */
+/** Redis could not be reached, or refused the call for want of memory; the call was not enqueued. */
 export class RedisUnavailableError extends UserOpsError {
   /**
    * Always `false`: the op was never enqueued and will never run. Here so that callers deciding
@@ -145,12 +145,16 @@ export class RedisUnavailableError extends UserOpsError {
   /**
    * @param target - the Redis URL with credentials redacted
    * @param cause - the underlying connection error, if any
+   * @param outOfMemory - Redis answered, refusing the call for want of memory (`cause` is its
+   *   "OOM command not allowed ..." reply): it runs, and REDIS_URL is right, so say what is wrong
    */
-  constructor(target: string, cause?: unknown) {
+  constructor(target: string, cause?: unknown, outOfMemory = false) {
     const why = cause instanceof Error ? `: ${cause.message.replace(/\.+$/, '')}` : '';
     super(
       ErrorCode.REDIS_UNAVAILABLE,
-      `Redis at ${target} is unavailable${why}. Check REDIS_URL and that Redis is running.`,
+      outOfMemory
+        ? `Redis at ${target} is out of memory (over its maxmemory) and refused the call; nothing was enqueued. Free memory in Redis or raise its maxmemory.`
+        : `Redis at ${target} is unavailable${why}. Check REDIS_URL and that Redis is running.`,
       { target, applied: false },
       cause === undefined ? undefined : { cause },
     );
