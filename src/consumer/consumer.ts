@@ -11,7 +11,7 @@ import type { Redis } from 'ioredis';
 import { type Logger, pino } from 'pino';
 
 import { coerceError, ConfigError, type JobResults, RedisUnavailableError } from '../protocol/index.js';
-import { isOutOfMemory, queueOptions, RedisConnections, redactUrl, settleWithin, userOpsKey, withDeadline } from '../redis.js';
+import { queueOptions, RedisConnections, redactUrl, settleWithin, userOpsKey, withDeadline } from '../redis.js';
 import { TolerantQueue, TolerantWorker } from '../unreadable-jobs.js';
 import { BackgroundCheckpointer } from './checkpointer.js';
 import { bindDatabase, earlyRefusal, queueDatabaseId } from './db-identity.js';
@@ -186,11 +186,11 @@ export class UserOpsConsumer {
     this.worker = worker;
     // BullMQ forwards every connection error of every connection it holds, at each reconnect
     // attempt: those are the watch's to report, once per outage. Anything else is a real problem.
-    worker.on('error', (err) => {
-      if (isOutOfMemory(err)) this.watch?.writesRefused(err);
-      if (isOutOfMemory(err) || this.watch?.isOutageNoise(err)) this.log.debug({ err }, 'worker error while Redis is unreachable or refusing writes');
-      else this.log.error({ err }, 'worker error');
-    });
+    worker.on('error', (err) =>
+      this.watch?.refusedWrite(err) || this.watch?.isOutageNoise(err)
+        ? this.log.debug({ err }, 'worker error while Redis is unreachable or refusing writes')
+        : this.log.error({ err }, 'worker error'),
+    );
     worker.on('stalled', (jobId) => this.log.warn({ jobId }, 'job stalled; it will be re-delivered'));
     await this.waitForRedis(Promise.all([worker.waitUntilReady(), this.queue.waitUntilReady()]));
     if (this.state !== 'starting') return; // closed while starting
@@ -204,7 +204,7 @@ export class UserOpsConsumer {
       // proves nothing, but a standby with a writer to wait behind has no refusal to report.
       if (role === 'writer' || why === 'held') this.watch?.writesAccepted(role === 'writer');
       if (role === 'writer') this.log.info('writer role taken: applying jobs');
-      else if (why === 'refused' && isOutOfMemory(detail?.err)) this.watch?.writesRefused(detail.err);
+      else if (why === 'refused' && this.watch?.refusedWrite(detail?.err)) this.log.debug('cannot take the free writer lease while Redis refuses writes');
       else if (why === 'unanswered') this.log.warn('writer lease lapsed while Redis did not answer: standing by until it does');
       else if (detail?.problem) this.log.error({ err: detail.err, holder: detail.holder, key }, `no consumer can be the writer: ${detail.problem}; standing by, applying nothing`);
       else this.log.warn({ holder: detail?.holder, leaseTtlMs: detail?.leaseTtlMs }, 'another consumer is the writer: standing by, ready to take over');
@@ -279,8 +279,7 @@ export class UserOpsConsumer {
       try {
         return await write();
       } catch (err) {
-        if (!isOutOfMemory(err)) throw err;
-        this.watch?.writesRefused(err);
+        if (!this.watch?.refusedWrite(err)) throw err;
         await sleep(1000, undefined, { signal: this.stopping.signal }).catch(() => undefined);
         if (this.stopping.signal.aborted) return undefined;
       }
@@ -328,8 +327,7 @@ export class UserOpsConsumer {
       } catch (err) {
         if (this.stopping.signal.aborted) break;
         const delay = backoffMs(failures++);
-        if (isOutOfMemory(err)) this.watch?.writesRefused(err);
-        if (isOutOfMemory(err)) this.log.debug({ err, retryInMs: delay }, 'Redis refused to hand out jobs: out of memory');
+        if (this.watch?.refusedWrite(err)) this.log.debug({ err, retryInMs: delay }, 'Redis refused to hand out jobs: out of memory');
         else this.log.error({ err, retryInMs: delay }, 'consumer loop error; carrying on');
         await sleep(delay, undefined, { signal: this.stopping.signal }).catch(() => undefined);
       }

@@ -7,7 +7,7 @@
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 
-import { redactUrl } from '../redis.js';
+import { isOutOfMemory, redactUrl } from '../redis.js';
 
 /**
  * How often an outage that goes on is reported again. Once per outage scrolls out of view (or out of
@@ -75,10 +75,16 @@ export class RedisWatch {
   }
 
   /**
-   * Redis refused a write for want of memory (`err` is its OOM reply): warned once, then every
-   * {@link REMIND_EVERY_MS} until {@link writesAccepted}.
+   * Whether `err` is Redis refusing a write for want of memory; if so, reported here (once, then
+   * every {@link REMIND_EVERY_MS} until {@link writesAccepted}), and the caller logs it at debug.
    */
-  writesRefused(err: Error): void {
+  refusedWrite(err: unknown): boolean {
+    if (!isOutOfMemory(err)) return false;
+    this.writesRefused(err);
+    return true;
+  }
+
+  private writesRefused(err: Error): void {
     this.refusal = err.message.replace(/\.? script: .*$/s, '.');
     if (this.refusingSince !== undefined) return;
     this.refusingSince = Date.now();
@@ -88,7 +94,7 @@ export class RedisWatch {
   }
 
   /**
-   * Ends a refusal {@link writesRefused} reported: with one line when a write went through
+   * Ends a refusal {@link refusedWrite} reported: with one line when a write went through
    * (`proven`), quietly when the consumer merely has no write to make any more (a standby that
    * found a writer to wait behind).
    */
