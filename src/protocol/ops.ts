@@ -137,13 +137,17 @@ export function parseOp(raw: unknown): Op {
 /** Validates the arguments of op `op`. Throws {@link ValidationError} naming each bad field. */
 export function parseArgs<K extends OpName>(op: K, args: unknown): OpArgs[K] {
   const schema = opArgsSchemas[op];
-  // Missing args are empty ones (`user.list` needs none). Where an object is needed and missing or
-  // of another kind, one issue saying so beats one per required field ("nickname: must be a
-  // string (got nothing); fullName: ...") for a caller who passed null.
-  const given = args ?? {};
-  if (typeof given !== 'object' || Array.isArray(given) || (args == null && !schema.safeParse(given).success)) {
+  // Missing args are empty ones (`user.list` needs none).
+  if (args == null) {
+    const empty = schema.safeParse({});
+    if (empty.success) return empty.data as OpArgs[K];
+  }
+  // Where an object is needed and missing or of another kind, one issue saying so beats one per
+  // required field ("nickname: must be a string (got nothing); fullName: ...") for a caller who
+  // passed null.
+  if (args == null || typeof args !== 'object' || Array.isArray(args)) {
     const issues = [{ path: '', message: `expected an object like { ${Object.keys(schema.shape).join(', ')} } (got ${describeValue(args)})` }];
     throw new ValidationError(issues, `Invalid ${op} arguments: ${formatIssues(issues)}`);
   }
-  return parseWith(schema, given, `${op} arguments`) as OpArgs[K];
+  return parseWith(schema, args, `${op} arguments`) as OpArgs[K];
 }
