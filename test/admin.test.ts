@@ -63,6 +63,7 @@ describe('userops stats', () => {
     const stats = await collectStats(config);
     assert.deepEqual(stats.jobs, { waiting: 0, prioritized: 0, delayed: 0, active: 0, completed: 5, failed: 1 });
     assert.equal(stats.paused, false);
+    assert.equal(stats.bullmq5Paused, 0);
     assert.ok(stats.writer.held);
     assert.equal(stats.writer.pid, process.pid, 'the consumer runs in this process');
     assert.ok(stats.writer.ttlMs > 0);

@@ -91,7 +91,12 @@ describe('UserOpsClient with a running consumer', () => {
       return true;
     });
     await assert.rejects(client.listUsers({ limit: -1 }), ValidationError);
-    await assert.rejects(client.getUser(''), /nickname: must not be empty/);
+    // One mistake, one issue: an empty nickname is not also reported as breaking the pattern.
+    await assert.rejects(client.getUser(''), (err: unknown) => {
+      assert.ok(err instanceof ValidationError);
+      assert.deepEqual(err.issues, [{ path: 'nickname', message: 'must not be empty (got "")' }]);
+      return true;
+    });
     const counts = await probe.getJobCounts();
     assert.equal(Object.values(counts).reduce((a, b) => a + b, 0), 0, 'nothing was enqueued');
   });

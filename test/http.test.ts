@@ -169,6 +169,7 @@ describe('consumer HTTP server', () => {
     assert.equal(m.get('userops_commit_duration_seconds_count'), m.get('userops_group_ops_count'));
     assert.equal(m.get('userops_queue_jobs{state="failed"}'), 1);
     assert.equal(m.get('userops_queue_jobs{state="waiting"}'), 0);
+    assert.equal(m.get('userops_queue_jobs{state="bullmq5_paused"}'), 0);
     assert.equal(m.get('userops_writer'), 1);
     assert.equal(m.get('userops_queue_paused'), 0);
     assert.ok((m.get('process_cpu_seconds_total') ?? 0) > 0, "prom-client's process metrics");

@@ -8,6 +8,7 @@ import { describe, it } from 'node:test';
 import { Queue as Queue5 } from 'bullmq5';
 import { Redis } from 'ioredis';
 
+import { collectStats, formatStats } from '../src/cli/stats.js';
 import { EVENTS_STREAM_MAX_LEN } from '../src/redis.js';
 import { capturedLog, plainQueue, redisSuite, startConsumer, tempDb, until, user } from './helpers/fixtures.js';
 
@@ -56,6 +57,13 @@ describe('other producers on the queue', () => {
     await five.pause();
     await five.add('batch', { v: 1, ops: [{ op: 'user.create', args: user('five') }] });
     await until('the paused-list warning', () => warned(`1 job(s) wait in bull:${queue}:paused, BullMQ 5's list`));
+    // BullMQ 6's counts leave that list out; stats and metrics count it.
+    const config = { redisUrl: redis.url, queue, dbPath: db.dbPath, logLevel: 'silent' } as const;
+    const stats = await collectStats(config);
+    assert.equal(stats.bullmq5Paused, 1);
+    assert.equal(stats.jobs.waiting, 0);
+    assert.match(formatStats(stats), /^ +1 in BullMQ 5's paused list: no consumer takes them until a BullMQ 6 resume\(\)/m);
+    assert.match(await consumer.metrics.registry.metrics(), /^userops_queue_jobs\{state="bullmq5_paused"\} 1$/m);
 
     // BullMQ 6's resume moves them into line; BullMQ 5's would have renamed them over it.
     const six = plainQueue(t, redis.url, queue);
@@ -63,6 +71,9 @@ describe('other producers on the queue', () => {
     const applied = consumer.database?.db.prepare<[string], { n: number }>('SELECT count(*) AS n FROM users WHERE nickname = ?');
     await until('the job from the paused list applied', () => applied?.get('five')?.n === 1);
     await until('the all-clear', () => lines.some((l) => l.msg === "BullMQ 5's paused list is empty again"));
+    const after = await collectStats(config);
+    assert.equal(after.bullmq5Paused, 0);
+    assert.doesNotMatch(formatStats(after), /BullMQ 5/);
     assert.equal(lines.filter((l) => typeof l.msg === 'string' && l.msg.startsWith('a BullMQ 5 Queue')).length, 1, 'warned once');
   });
 });

@@ -7,6 +7,7 @@ import { existsSync, statSync } from 'node:fs';
 
 import type { AdminConfig } from '../config.js';
 import { type DatabaseSummary, ReadOnlyStore } from '../consumer/store.js';
+import { countBullmq5Paused } from '../consumer/queue-settings.js';
 import { type LeaseHolder, parseLeaseOwner } from '../consumer/writer-lease.js';
 import { type AdminQueue, withAdminQueue } from './admin-queue.js';
 import { formatBytes, formatTable } from './table.js';
@@ -29,6 +30,8 @@ export interface Stats {
   jobs: Record<(typeof JOB_STATES)[number], number>;
   /** A paused queue keeps its waiting jobs: the consumer takes none until it is resumed. */
   paused: boolean;
+  /** Jobs in BullMQ 5's paused list, which `jobs` leaves out and no consumer takes until the queue is resumed. */
+  bullmq5Paused: number;
   writer: WriterStats;
   /** The database id the queue is served from (set by the first consumer), if any. */
   queueDbId: string | null;
@@ -73,14 +76,15 @@ export function databaseStats(path: string, queueDbId: string | null): DatabaseS
 /** Collects the stats of the configured queue and database. */
 export function collectStats(config: AdminConfig): Promise<Stats> {
   return withAdminQueue(config, async (q) => {
-    const [counts, paused, writer, queueDbId] = await Promise.all([
+    const [counts, paused, bullmq5Paused, writer, queueDbId] = await Promise.all([
       q.queue.getJobCounts(...JOB_STATES),
       q.queue.isPaused(),
+      countBullmq5Paused(q.queue),
       writerStats(q),
       q.redis.get(q.keys.db),
     ]);
     const jobs = Object.fromEntries(JOB_STATES.map((s) => [s, counts[s] ?? 0])) as Stats['jobs'];
-    return { queue: config.queue, redis: q.redisUrl, jobs, paused, writer, queueDbId, database: databaseStats(config.dbPath, queueDbId) };
+    return { queue: config.queue, redis: q.redisUrl, jobs, paused, bullmq5Paused, writer, queueDbId, database: databaseStats(config.dbPath, queueDbId) };
   });
 }
 
@@ -96,6 +100,9 @@ export function formatStats(s: Stats): string {
     ['queue', `${s.queue} at ${s.redis}${s.paused ? ' (PAUSED)' : ''}`],
     ['writer', describeWriter(s.writer)],
     ['jobs', JOB_STATES.map((state) => `${state} ${s.jobs[state]}`).join(', ')],
+    ...(s.bullmq5Paused > 0
+      ? [['', `${s.bullmq5Paused} in BullMQ 5's paused list: no consumer takes them until a BullMQ 6 resume() or the dashboard moves them back`]]
+      : []),
     ['database', s.database.path],
   ];
   const d = s.database;

@@ -20,7 +20,7 @@ import { backoffMs, GroupCommitter } from './group-commit.js';
 import { checkReadiness, type ConsumerRole, type ConsumerState, type Readiness } from './health.js';
 import { DASHBOARD_PATH, HttpServer } from './http-server.js';
 import { LedgerPruner } from './ledger-pruner.js';
-import { QueueSettingsGuard } from './queue-settings.js';
+import { bullmq5PausedKey, QueueSettingsGuard } from './queue-settings.js';
 import { ConsumerMetrics } from './metrics.js';
 import { RedisWatch } from './redis-watch.js';
 import { ReplySender } from './replies.js';
@@ -216,7 +216,7 @@ export class UserOpsConsumer {
     // Before the loop commits anything: its first run goes by the ledger as the last run left it.
     this.pruner = new LedgerPruner(this.store, o.ledgerRetentionMs, o.ledgerPruneIntervalMs, this.log, this.isWriter);
     this.pruner.start();
-    const keys = { meta: this.queue.toKey('meta'), paused: this.queue.toKey('paused') };
+    const keys = { meta: this.queue.toKey('meta'), paused: bullmq5PausedKey(this.queue) };
     this.settingsGuard = new QueueSettingsGuard(commands, keys, o.queueCheckIntervalMs, this.log, this.isWriter);
     this.settingsGuard.start();
     void worker.startStalledCheckTimer().catch((err: unknown) => this.log.error({ err }, 'stalled-job checker stopped'));

@@ -12,6 +12,7 @@ import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom
 import { ErrorCode, OP_NAMES, type OpResult } from '../protocol/index.js';
 import { withDeadline } from '../redis.js';
 import type { ConsumerRole } from './health.js';
+import { countBullmq5Paused } from './queue-settings.js';
 import type { Store } from './store.js';
 
 /**
@@ -19,6 +20,12 @@ import type { Store } from './store.js';
  * `waiting`, in `prioritized`, until they are taken: a backlog is the two together.
  */
 export const QUEUE_STATES = ['waiting', 'prioritized', 'active', 'delayed', 'failed'] as const;
+
+/**
+ * The `userops_queue_jobs` state of jobs in BullMQ 5's paused list (see queue-settings.ts): BullMQ
+ * 6's counts leave them out, and nothing takes them until someone resumes the queue.
+ */
+const BULLMQ5_PAUSED = 'bullmq5_paused';
 
 /** A scrape must not hang on a dead Redis: queue counts are given up after this long. */
 const QUEUE_COUNT_DEADLINE_MS = 1000;
@@ -161,7 +168,9 @@ export class ConsumerMetrics {
         const count = await countQueue();
         // Unknown is better shown as absent than as the last value seen.
         this.reset();
-        if (count) for (const state of QUEUE_STATES) this.labels(state).set(count.jobs[state] ?? 0);
+        if (!count) return;
+        for (const state of QUEUE_STATES) this.labels(state).set(count.jobs[state] ?? 0);
+        this.labels(BULLMQ5_PAUSED).set(count.bullmq5Paused);
       },
     });
     new Gauge({
@@ -220,14 +229,16 @@ interface QueueCount {
   jobs: Record<string, number>;
   /** Paused by an operator (BullMQ's pause): jobs wait however many there are. */
   paused: boolean;
+  bullmq5Paused: number;
 }
 
 /** The queue's job counts by state and whether it is paused, or `undefined` when Redis does not answer in time. */
 async function countJobs(queue: Queue | undefined): Promise<QueueCount | undefined> {
   if (!queue) return undefined;
   try {
-    const [jobs, paused] = await withDeadline(Promise.all([queue.getJobCounts(...QUEUE_STATES), queue.isPaused()]), QUEUE_COUNT_DEADLINE_MS, () => new Error('timed out'));
-    return { jobs, paused };
+    const counts = Promise.all([queue.getJobCounts(...QUEUE_STATES), queue.isPaused(), countBullmq5Paused(queue)]);
+    const [jobs, paused, bullmq5Paused] = await withDeadline(counts, QUEUE_COUNT_DEADLINE_MS, () => new Error('timed out'));
+    return { jobs, paused, bullmq5Paused };
   } catch {
     return undefined;
   }

@@ -14,10 +14,24 @@
  *
  * Each finding is logged once, not at every check.
  */
+import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Logger } from 'pino';
 
 import { EVENTS_STREAM_MAX_LEN } from '../redis.js';
+
+/** The key of BullMQ 5's list of jobs added while the queue was paused (BullMQ 6 has no such list). */
+export function bullmq5PausedKey(queue: Pick<Queue, 'toKey'>): string {
+  return queue.toKey('paused');
+}
+
+/**
+ * Jobs waiting in BullMQ 5's paused list. BullMQ 6's counts leave them out, and no consumer takes
+ * them until a `resume()` moves them back: a backlog that the usual counts do not show.
+ */
+export async function countBullmq5Paused(queue: Queue): Promise<number> {
+  return (await queue.getBackend().client).llen(bullmq5PausedKey(queue));
+}
 
 /** BullMQ's meta field for the events stream's cap. */
 const MAX_LEN_FIELD = 'opts.maxLenEvents';

@@ -22,7 +22,8 @@ export interface User {
 /** Nicknames are identifiers people type: short, no spaces, no control characters. */
 export const nicknameSchema = z
   .string({ error: 'must be a string' })
-  .min(1, 'must not be empty')
+  // An empty nickname also fails the pattern; saying so twice reads like two mistakes.
+  .min(1, { error: 'must not be empty', abort: true })
   .max(64, 'must be at most 64 characters')
   .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]*$/, 'must start with a letter or digit and contain only letters, digits, _ . -');
 
