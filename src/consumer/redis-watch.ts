@@ -29,6 +29,51 @@ export function isConnectionError(err: unknown): boolean {
 }
 
 /**
+ * A condition that lasts (Redis unreachable, Redis refusing writes): reported when it begins, again
+ * every {@link REMIND_EVERY_MS} while it lasts, and ended by the caller, who says how it ended.
+ */
+class Incident {
+  private since?: number;
+  private reminder?: NodeJS.Timeout;
+  /** The latest reason given: a long incident reports what it is now, not what it first was. */
+  reason = '';
+
+  constructor(private readonly report: (reason: string, forMs: number) => void) {}
+
+  get active(): boolean {
+    return this.since !== undefined;
+  }
+
+  /** Records `reason`; reports only an incident that was not already under way. */
+  begin(reason: string): void {
+    this.reason = reason;
+    if (this.since !== undefined) return;
+    this.since = Date.now();
+    this.remind();
+    this.reminder = setInterval(() => this.remind(), REMIND_EVERY_MS);
+    this.reminder.unref();
+  }
+
+  /** Ends the incident: how long it lasted, or `undefined` if none was under way. */
+  end(): number | undefined {
+    if (this.since === undefined) return undefined;
+    this.stop();
+    const lastedMs = Date.now() - this.since;
+    this.since = undefined;
+    return lastedMs;
+  }
+
+  /** Stops the reminders. Idempotent. */
+  stop(): void {
+    clearInterval(this.reminder);
+  }
+
+  private remind(): void {
+    this.report(this.reason, Date.now() - (this.since ?? Date.now()));
+  }
+}
+
+/**
  * Watches one connection and reports its outages; `stop()` before closing the connection. Also
  * told by the consumer when Redis refuses writes for want of memory: Redis then answers PING and
  * reads, but refuses every script that takes, finishes or adds a job, and left to the loop that
@@ -36,12 +81,8 @@ export function isConnectionError(err: unknown): boolean {
  */
 export class RedisWatch {
   private readonly where: string;
-  private downSince?: number;
-  private reason = '';
-  private reminder?: NodeJS.Timeout;
-  private refusingSince?: number;
-  private refusal = '';
-  private refusalReminder?: NodeJS.Timeout;
+  private readonly outage: Incident;
+  private readonly refusal: Incident;
 
   /**
    * @param client - the connection whose outages stand for the consumer's: the worker's own
@@ -52,7 +93,15 @@ export class RedisWatch {
     url: string,
     private readonly log: Logger,
   ) {
-    this.where = redactUrl(url);
+    const where = (this.where = redactUrl(url));
+    // The reason alone, without the stack: where a socket failed says nothing worth its lines.
+    this.outage = new Incident((reason, downForMs) => log.warn({ redis: where, reason, downForMs }, `waiting for Redis at ${where}`));
+    this.refusal = new Incident((reason, refusedForMs) =>
+      log.warn(
+        { redis: where, reason, refusedForMs },
+        `Redis at ${where} is out of memory and refuses writes: no job can be taken or finished, and clients' calls fail. Free memory in Redis or raise its maxmemory`,
+      ),
+    );
     client.on('error', this.onError);
     client.on('ready', this.onReady);
   }
@@ -71,7 +120,7 @@ export class RedisWatch {
    * consumer can take and finish no job, though PING answers.
    */
   get writeProblem(): string | undefined {
-    return this.refusingSince === undefined ? undefined : `out of memory, refusing writes: ${this.refusal}`;
+    return this.refusal.active ? `out of memory, refusing writes: ${this.refusal.reason}` : undefined;
   }
 
   /**
@@ -80,17 +129,8 @@ export class RedisWatch {
    */
   refusedWrite(err: unknown): boolean {
     if (!isOutOfMemory(err)) return false;
-    this.writesRefused(err);
+    this.refusal.begin(err.message.replace(/\.? script: .*$/s, '.'));
     return true;
-  }
-
-  private writesRefused(err: Error): void {
-    this.refusal = err.message.replace(/\.? script: .*$/s, '.');
-    if (this.refusingSince !== undefined) return;
-    this.refusingSince = Date.now();
-    this.reportRefusal();
-    this.refusalReminder = setInterval(() => this.reportRefusal(), REMIND_EVERY_MS);
-    this.refusalReminder.unref();
   }
 
   /**
@@ -99,48 +139,24 @@ export class RedisWatch {
    * found a writer to wait behind).
    */
   writesAccepted(proven = true): void {
-    if (this.refusingSince === undefined) return;
-    clearInterval(this.refusalReminder);
-    const refusedForMs = Date.now() - this.refusingSince;
+    const refusedForMs = this.refusal.end();
+    if (refusedForMs === undefined) return;
     this.log[proven ? 'info' : 'debug']({ redis: this.where, refusedForMs }, `Redis at ${this.where} accepts writes again`);
-    this.refusingSince = undefined;
   }
 
   /** Stops watching: errors of a connection being closed are no outage. Idempotent. */
   stop(): void {
     this.client.off('error', this.onError);
     this.client.off('ready', this.onReady);
-    clearInterval(this.reminder);
-    clearInterval(this.refusalReminder);
+    this.outage.stop();
+    this.refusal.stop();
   }
 
-  private readonly onError = (err: Error): void => {
-    this.reason = err.message;
-    if (this.downSince !== undefined) return;
-    this.downSince = Date.now();
-    this.report();
-    this.reminder = setInterval(() => this.report(), REMIND_EVERY_MS);
-    this.reminder.unref();
-  };
+  private readonly onError = (err: Error): void => this.outage.begin(err.message);
 
   private readonly onReady = (): void => {
-    if (this.downSince === undefined) return;
-    clearInterval(this.reminder);
-    this.log.info({ redis: this.where, downForMs: Date.now() - this.downSince }, `Redis reachable again at ${this.where}`);
-    this.downSince = undefined;
+    const downForMs = this.outage.end();
+    if (downForMs === undefined) return;
+    this.log.info({ redis: this.where, downForMs }, `Redis reachable again at ${this.where}`);
   };
-
-  private report(): void {
-    // The reason alone, without the stack: where a socket failed says nothing worth its lines.
-    const downForMs = Date.now() - (this.downSince ?? Date.now());
-    this.log.warn({ redis: this.where, reason: this.reason, downForMs }, `waiting for Redis at ${this.where}`);
-  }
-
-  private reportRefusal(): void {
-    const refusedForMs = Date.now() - (this.refusingSince ?? Date.now());
-    this.log.warn(
-      { redis: this.where, reason: this.refusal, refusedForMs },
-      `Redis at ${this.where} is out of memory and refuses writes: no job can be taken or finished, and clients' calls fail. Free memory in Redis or raise its maxmemory`,
-    );
-  }
 }
