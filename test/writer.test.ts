@@ -8,7 +8,7 @@ import { pino } from 'pino';
 
 import { Store, UserOpsConsumer } from '../src/consumer/index.js';
 import Database from '../src/consumer/sqlite-driver.js';
-import { leaseOwner, type StandbyDetail, WriterLease } from '../src/consumer/writer-lease.js';
+import { type DatabaseBinding, leaseOwner, type StandbyDetail, WriterLease } from '../src/consumer/writer-lease.js';
 import { ConfigError } from '../src/index.js';
 import { spawnConsumer } from './helpers/cli.js';
 import type { Teardown } from './helpers/fixtures.js';
@@ -150,12 +150,59 @@ describe('a queue key something else wrote', () => {
   });
 });
 
+describe("the queue's database after Redis loses its data", () => {
+  /** Deletes every key of this test's queue, as a Redis restarted without its data would. */
+  async function loseQueueKeys(client: Redis): Promise<void> {
+    const keys = await client.keys(`bull:${queue}:*`);
+    if (keys.length > 0) await client.del(...keys);
+  }
+
+  it('is bound to the running writer\'s database again, so a consumer on another file is still refused', async () => {
+    const a = t.add(tempDb(), (d) => d.cleanup());
+    const b = t.add(tempDb(), (d) => d.cleanup());
+    const probe = t.add(new Redis(redis.url), (c) => c.disconnect());
+    const writer = await startConsumer(t, { redisUrl: redis.url, queue, dbPath: a.dbPath, writerLeaseMs: 1500 });
+    const client = newClient(t, { redisUrl: redis.url, queue });
+    await client.createUser(user('alice'));
+    await loseQueueKeys(probe);
+    await until('the binding put back', async () => (await probe.get(`bull:${queue}:userops:db`)) === writer.database?.dbId, 5000);
+    // Before, the binding was set only at start: this consumer bound the queue to its own new
+    // file and took over, and users were split between the two files.
+    const other = t.add(new UserOpsConsumer({ redisUrl: redis.url, queue, dbPath: b.dbPath, writerLeaseMs: 1500 }), (x) => x.close());
+    await assert.rejects(other.start(), (err: unknown) => err instanceof ConfigError && /is served from database/.test(err.message));
+    await client.createUser(user('bob'));
+    assert.deepEqual(writer.database?.listUsers({}).map((u) => u.nickname), ['alice', 'bob']);
+  });
+
+  it('a writer whose queue was bound to another database meanwhile stops writing, and is not ready, saying why', async () => {
+    const a = t.add(tempDb(), (d) => d.cleanup());
+    const probe = t.add(new Redis(redis.url), (c) => c.disconnect());
+    const { log, lines } = capturedLog();
+    const writer = await startConsumer(t, { redisUrl: redis.url, queue, dbPath: a.dbPath, writerLeaseMs: 1500, logger: log });
+    const client = newClient(t, { redisUrl: redis.url, queue, timeoutMs: 1500 });
+    await client.createUser(user('alice'));
+    // Another consumer, on another file, bound the queue before this writer's next renewal.
+    await loseQueueKeys(probe);
+    await probe.set(`bull:${queue}:userops:db`, 'someone-else');
+    await until('the writer to stand by', () => writer.role === 'standby', 5000);
+    const readiness = await writer.readiness();
+    assert.deepEqual([readiness.ready, readiness.failing], [false, ['lease']]);
+    assert.match(readiness.lease, new RegExp(`^Queue ${queue} is served from database someone-else, but ${a.dbPath} is database ${writer.database?.dbId}`));
+    assert.ok(lines.some((l) => l.level === 50 && String(l.msg).startsWith(`Queue ${queue} is served from database someone-else`)));
+    await assert.rejects(client.createUser(user('bob')), /timed out/i);
+    assert.deepEqual(writer.database?.listUsers({}).map((u) => u.nickname), ['alice'], 'nothing applied to a database the queue is not served from');
+  });
+});
+
 describe('the writer lease', () => {
+  /** The queue's database binding, as a consumer on database `id` holds it. */
+  const binding = (id = 'our-db'): DatabaseBinding => ({ key: `userops:${queue}:db`, id, describeRefusal: (theirs) => `bound to ${theirs}, not ${id}` });
+
   /** A lease on this test's queue, and the roles (with reasons) it reported. */
   function lease(client: Redis, owner: string, ttlMs = 5000) {
     const changes: string[] = [];
     const details: (StandbyDetail | undefined)[] = [];
-    const l = new WriterLease(client, `userops:${queue}:writer`, owner, ttlMs, pino({ level: 'silent' }), (role, why, detail) => {
+    const l = new WriterLease(client, `userops:${queue}:writer`, owner, ttlMs, binding(), pino({ level: 'silent' }), (role, why, detail) => {
       changes.push(why ? `${role} (${why})` : role);
       details.push(detail);
     });
@@ -182,7 +229,7 @@ describe('the writer lease', () => {
     const key = `userops:${queue}:writer`;
     const { log, lines } = capturedLog();
     const changes: string[] = [];
-    const l = t.add(new WriterLease(client, key, leaseOwner('me'), 1200, log, (role, why) => changes.push(why ? `${role} (${why})` : role)), (x) => x.stop());
+    const l = t.add(new WriterLease(client, key, leaseOwner('me'), 1200, binding(), log, (role, why) => changes.push(why ? `${role} (${why})` : role)), (x) => x.stop());
     await l.start();
     await client.del(key);
     await until('the lease to be taken again', async () => (await client.get(key)) !== null);
@@ -239,6 +286,31 @@ describe('the writer lease', () => {
     // Mended: the lease is taken again and the problem is gone.
     await client.del(key);
     await until('the lease to be taken again', () => changes.length === 3);
+    assert.deepEqual([changes[2], l.problem], ['writer', undefined]);
+  });
+
+  it("puts back the queue's database binding that Redis lost, and stops writing while it names another database", async () => {
+    const client = t.add(new Redis(redis.url), (c) => c.disconnect());
+    const dbKey = `userops:${queue}:db`;
+    const { l, changes } = lease(client, leaseOwner('me'), 600);
+    await l.start();
+    assert.deepEqual(changes, ['writer']);
+    assert.equal(await client.get(dbKey), 'our-db', 'bound when the lease was taken');
+    // Lost (Redis restarted without its data): put back at the next renewal, still the writer.
+    await client.del(dbKey);
+    await until('the binding put back', async () => (await client.get(dbKey)) === 'our-db');
+    assert.deepEqual(changes, ['writer']);
+    // Bound meanwhile to another database (a consumer started on another file): not renewed.
+    await client.set(dbKey, 'their-db');
+    await until('the writer to stand by', () => changes.length === 2);
+    assert.deepEqual([changes[1], l.held(), l.problem], ['standby (unbound)', false, 'bound to their-db, not our-db']);
+    // A standby on the wrong database does not take a free lease either.
+    await client.del(`userops:${queue}:writer`);
+    await new Promise((r) => setTimeout(r, 700));
+    assert.equal(await client.get(`userops:${queue}:writer`), null);
+    // Bound back to ours (the operator's fix): writing again.
+    await client.set(dbKey, 'our-db');
+    await until('the writer role back', () => changes.length === 3);
     assert.deepEqual([changes[2], l.problem], ['writer', undefined]);
   });
 

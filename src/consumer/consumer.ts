@@ -14,7 +14,7 @@ import { coerceError, ConfigError, type JobResults, RedisUnavailableError } from
 import { queueOptions, RedisConnections, redactUrl, settleWithin, userOpsKey, withDeadline } from '../redis.js';
 import { TolerantQueue, TolerantWorker } from '../unreadable-jobs.js';
 import { BackgroundCheckpointer } from './checkpointer.js';
-import { bindDatabase, earlyRefusal, queueDatabaseId } from './db-identity.js';
+import { bindDatabase, databaseBinding, earlyRefusal, queueDatabaseId } from './db-identity.js';
 import { type ConsumerOptions, type ResolvedConsumerOptions, resolveConsumerOptions } from './options.js';
 import { backoffMs, GroupCommitter } from './group-commit.js';
 import { checkReadiness, type ConsumerRole, type ConsumerState, type Readiness } from './health.js';
@@ -199,13 +199,15 @@ export class UserOpsConsumer {
     if (this.state !== 'starting') return; // closed while Redis refused writes
     if (refusal) await this.refuse(refusal);
     const key = userOpsKey(o.redisUrl, o.queue, 'writer');
-    this.lease = new WriterLease(this.connection, key, leaseOwner(this.token), o.writerLeaseMs, this.log, (role, why, detail) => {
+    const binding = databaseBinding(o, store.dbId);
+    this.lease = new WriterLease(this.connection, key, leaseOwner(this.token), o.writerLeaseMs, binding, this.log, (role, why, detail) => {
       // Taking a free lease is a write: it proves Redis takes writes again. A holder's answer
       // proves nothing, but a standby with a writer to wait behind has no refusal to report.
       if (role === 'writer' || why === 'held') this.watch?.writesAccepted(role === 'writer');
       if (role === 'writer') this.log.info('writer role taken: applying jobs');
       else if (why === 'refused' && this.watch?.refusedWrite(detail?.err)) this.log.debug('cannot take the free writer lease while Redis refuses writes');
       else if (why === 'unanswered') this.log.warn('writer lease lapsed while Redis did not answer: standing by until it does');
+      else if (why === 'unbound') this.log.error({ key: binding.key }, `${String(detail?.problem)} Standing by, applying nothing`);
       else if (detail?.problem) this.log.error({ err: detail.err, holder: detail.holder, key }, `no consumer can be the writer: ${detail.problem}; standing by, applying nothing`);
       else this.log.warn({ holder: detail?.holder, leaseTtlMs: detail?.leaseTtlMs }, 'another consumer is the writer: standing by, ready to take over');
     });

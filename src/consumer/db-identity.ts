@@ -16,6 +16,7 @@ import type { Redis } from 'ioredis';
 
 import { ConfigError } from '../protocol/index.js';
 import { isWrongTypeError, userOpsKey } from '../redis.js';
+import type { DatabaseBinding } from './writer-lease.js';
 
 /** Which queue a consumer serves, and from which file. */
 export interface DatabaseTarget {
@@ -60,6 +61,15 @@ export async function bindDatabase(redis: Redis, target: DatabaseTarget, dbId: s
   if ((await notAnIdKey(redis.set(key, dbId, 'NX'), target)) === 'OK') return undefined;
   const theirs = await notAnIdKey(redis.get(key), target);
   return theirs === dbId ? undefined : refusal(target, String(theirs), dbId);
+}
+
+/**
+ * The binding a running consumer's writer lease is taken under (writer-lease.ts): checked at every
+ * renewal, because Redis that loses its data loses the binding too, and a consumer started on
+ * another file would then bind the queue to it.
+ */
+export function databaseBinding(target: DatabaseTarget, dbId: string): DatabaseBinding {
+  return { key: databaseKey(target), id: dbId, describeRefusal: (theirs) => refusal(target, theirs, dbId).message };
 }
 
 /**

@@ -20,11 +20,34 @@ import { isOutOfMemory, isWrongTypeError } from '../redis.js';
 // while our clock holds it: Redis lost it (a restart without its data). SET only for a free
 // key: Redis over its maxmemory refuses SET even where it would change nothing, and a standby
 // must still see who writes then.
-const ACQUIRE = `local v = redis.call('GET', KEYS[1])
-if v == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-if not v and redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then return 2 end
-return {v or '', redis.call('PTTL', KEYS[1])}`;
+//
+// The queue's database binding (KEYS[2], db-identity.ts) is checked in the same script, at every
+// renewal, not only when the consumer starts: Redis that lost its data lost the binding too, and a
+// consumer started on another file then would bind the queue to it and take over. The writer puts
+// a lost binding back; one bound to another database meanwhile answers 'db:<its id>', and the
+// lease is neither taken nor renewed. A binding that is not a string answers 'dbkey:<error>'.
+const ACQUIRE = `local db = redis.pcall('GET', KEYS[2])
+if type(db) == 'table' then return 'dbkey:' .. tostring(db.err) end
+if db and db ~= ARGV[3] then return 'db:' .. db end
+local v = redis.call('GET', KEYS[1])
+local mine = v == ARGV[1]
+if not mine and not (not v and redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX')) then
+  return {v or '', redis.call('PTTL', KEYS[1])}
+end
+if not db then redis.call('SET', KEYS[2], ARGV[3]) end
+if mine then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 2`;
 const RELEASE = `if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end`;
+
+/** The queue's database binding the lease is taken under: see db-identity.ts. */
+export interface DatabaseBinding {
+  /** The Redis key holding the id of the database the queue is served from. */
+  key: string;
+  /** This consumer's database id. */
+  id: string;
+  /** What to say when the queue is bound to database `theirs` instead. */
+  describeRefusal(theirs: string): string;
+}
 
 /** Who holds a lease, as far as its value tells. */
 export interface LeaseHolder {
@@ -65,11 +88,12 @@ export function parseLeaseOwner(value: string): LeaseHolder {
 export type WriterRole = 'writer' | 'standby';
 
 /**
- * Why a consumer stands by: another holds the lease, Redis did not answer the request for it, or
+ * Why a consumer stands by: another holds the lease, Redis did not answer the request for it,
  * Redis answered with an error (the key holds something that is not a lease, or Redis is out of
- * memory and refused to let the free lease be taken).
+ * memory and refused to let the free lease be taken), or the queue is served from another
+ * database than this consumer's (`unbound`).
  */
-export type StandbyReason = 'held' | 'unanswered' | 'refused';
+export type StandbyReason = 'held' | 'unanswered' | 'refused' | 'unbound';
 
 /** What a standby knows of why it stands by. */
 export interface StandbyDetail {
@@ -81,7 +105,8 @@ export interface StandbyDetail {
   err?: Error;
   /**
    * Set when no consumer can become the writer until someone mends the key: it holds something
-   * other than a lease, or a lease with no expiry. Says what is wrong, naming the key.
+   * other than a lease, or a lease with no expiry; or when this one cannot, because the queue is
+   * served from another database. Says what is wrong, naming the key.
    */
   problem?: string;
 }
@@ -104,12 +129,14 @@ export class WriterLease {
    * @param key - the lease key, in the queue's own key space
    * @param owner - this consumer's unique lease value, from {@link leaseOwner}
    * @param ttlMs - how long the lease lasts unless renewed; a dead writer is replaced after this
+   * @param binding - the queue's database binding, checked (and put back if lost) at every request
    */
   constructor(
     private readonly redis: Redis,
     private readonly key: string,
     private readonly owner: string,
     private readonly ttlMs: number,
+    private readonly binding: DatabaseBinding,
     private readonly log: Logger,
     private readonly onChange: (role: WriterRole, why?: StandbyReason, detail?: StandbyDetail) => void,
   ) {}
@@ -144,8 +171,14 @@ export class WriterLease {
     const detail: StandbyDetail = {};
     try {
       const held = this.held();
-      const answer: unknown = await this.redis.eval(ACQUIRE, 1, this.key, this.owner, this.ttlMs);
+      const { key: dbKey, id: dbId } = this.binding;
+      const answer: unknown = await this.redis.eval(ACQUIRE, 2, this.key, dbKey, this.owner, this.ttlMs, dbId);
       if (held && answer === 2) this.log.warn({ key: this.key }, 'the writer lease was gone from Redis (did it restart without its data?); taken again');
+      if (typeof answer === 'string') {
+        why = answer.startsWith('db:') ? 'unbound' : 'refused';
+        detail.problem =
+          why === 'unbound' ? this.binding.describeRefusal(answer.slice('db:'.length)) : `${dbKey} holds something other than a database id (${answer.slice('dbkey:'.length)})`;
+      }
       // Counted from before the request: the lease may have started expiring while it travelled.
       this.validUntil = answer === 1 || answer === 2 ? started + this.ttlMs - Math.floor(this.ttlMs / 5) : 0;
       if (Array.isArray(answer) && typeof answer[0] === 'string' && answer[0] !== '') {
