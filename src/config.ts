@@ -7,7 +7,7 @@ import { resolve } from 'node:path';
 
 import { z } from 'zod';
 
-import { DEFAULT_HTTP_HOST } from './consumer/options.js';
+import { DEFAULT_HTTP_HOST, isLoopback } from './consumer/options.js';
 import { LOG_LEVELS, type LogLevel } from './logger.js';
 import { ConfigError, DEFAULT_MAX_JOB_BYTES, DEFAULT_MAX_OPS_PER_JOB, DEFAULT_QUEUE, parseWith, queueNameSchema } from './protocol/index.js';
 import { DEFAULT_REDIS_URL, redactUrl, redisUrlSchema } from './redis.js';
@@ -94,6 +94,15 @@ function checkCombinations(e: Env): void {
   // Half a pair of credentials is a mistake, not a wish for an open dashboard.
   if (user !== undefined && password === undefined) fail('USEROPS_DASHBOARD_PASSWORD', 'must be set when USEROPS_DASHBOARD_USER is');
   if (password !== undefined && user === undefined) fail('USEROPS_DASHBOARD_USER', 'must be set when USEROPS_DASHBOARD_PASSWORD is');
+  // The consumer refuses it too (options.ts); said here, in the variables' names, for every command.
+  const host = e.USEROPS_HTTP_HOST ?? DEFAULT_HTTP_HOST;
+  if (e.USEROPS_DASHBOARD && user === undefined && !isLoopback(host)) {
+    fail(
+      'USEROPS_DASHBOARD_USER',
+      `must be set, with USEROPS_DASHBOARD_PASSWORD, when USEROPS_DASHBOARD is 1 and USEROPS_HTTP_HOST is not a loopback address (got ${host}): ` +
+        'without credentials, anyone who reaches the port could read job data and add or remove jobs',
+    );
+  }
 }
 
 /** What `userops consumer` runs with. */

@@ -5,6 +5,7 @@ import { createServer } from 'node:net';
 import { beforeEach, describe, it } from 'node:test';
 
 import { consumerConfig, DEFAULT_HTTP_PORT } from '../src/config.js';
+import { resolveConsumerOptions } from '../src/consumer/options.js';
 import { ConfigError } from '../src/index.js';
 import { runCli, spawnConsumer } from './helpers/cli.js';
 import { redisSuite, type Teardown, tempDb } from './helpers/fixtures.js';
@@ -64,6 +65,13 @@ describe('HTTP configuration', () => {
     assert.match(configError({ USEROPS_DASHBOARD: 'maybe' }).message, /USEROPS_DASHBOARD: must be 1 or 0.* \(got "maybe"\)/);
     assert.match(configError({ USEROPS_DASHBOARD: '1', USEROPS_HTTP_PORT: '0' }).message, /USEROPS_DASHBOARD: needs the HTTP server/);
     assert.match(configError({ USEROPS_DASHBOARD_USER: 'ops' }).message, /USEROPS_DASHBOARD_PASSWORD: must be set when USEROPS_DASHBOARD_USER is/);
+    // Open to every address, an uncredentialed dashboard hands the queue to anyone who reaches it.
+    assert.match(
+      configError({ USEROPS_DASHBOARD: '1' }).message,
+      /USEROPS_DASHBOARD_USER: must be set, with USEROPS_DASHBOARD_PASSWORD, when USEROPS_DASHBOARD is 1 and USEROPS_HTTP_HOST is not a loopback address \(got 0\.0\.0\.0\)/,
+    );
+    assert.throws(() => resolveConsumerOptions({ dbPath: 'x.db', http: { port: 0, host: '10.0.0.5', dashboard: {} } }), /http\.dashboard\.auth: must be set/);
+    assert.deepEqual(consumerConfig({ USEROPS_DASHBOARD: '1', USEROPS_HTTP_HOST: '127.0.0.1' }).http?.dashboard, {});
     const noUser = configError({ USEROPS_DASHBOARD_PASSWORD: 'hunter2' });
     assert.match(noUser.message, /USEROPS_DASHBOARD_USER: must be set/);
     assert.doesNotMatch(noUser.message, /hunter2/, 'the password is never echoed');

@@ -54,7 +54,7 @@ export class HttpServer {
    */
   static async start(options: HttpServerOptions, deps: HttpServerDeps): Promise<HttpServer> {
     const dashboard = options.dashboard
-      ? (await import('./dashboard.js')).createDashboard(DASHBOARD_PATH, deps.queue, options.dashboard.auth)
+      ? (await import('./dashboard.js')).createDashboard(DASHBOARD_PATH, deps.queue, options.dashboard.auth, deps.log)
       : undefined;
     const server = createServer((req, res) => {
       route(req, res, deps, dashboard).catch((err: unknown) => {

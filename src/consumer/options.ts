@@ -92,7 +92,10 @@ export interface ConsumerOptions {
     port: number;
     /** @defaultValue `0.0.0.0`, so a Prometheus outside the container can scrape it */
     host?: string;
-    /** Serve the dashboard; with `auth`, only to a browser that gives these credentials. */
+    /**
+     * Serve the dashboard; with `auth`, only to a browser that gives these credentials. Without
+     * `auth`, `host` must be a loopback address (127.0.0.1, ::1, localhost).
+     */
     dashboard?: { auth?: { user: string; password: string } };
   };
 }
@@ -130,12 +133,26 @@ const schema = z.strictObject({
     .optional(),
 });
 
+/** Whether `host` is a loopback address or name: only this machine's processes reach a server there. */
+export function isLoopback(host: string): boolean {
+  return /^127\.\d+\.\d+\.\d+$/.test(host) || host === '::1' || host.toLowerCase() === 'localhost';
+}
+
 // A commit blocked on a lock for busyTimeoutMs, plus the retry backoff (2 s), must fit inside
 // the job lock, or a consumer merely waiting on SQLite would look dead.
-const checked = schema.refine((o) => o.busyTimeoutMs + 2000 < o.lockDurationMs, {
-  path: ['busyTimeoutMs'],
-  message: 'must be less than lockDurationMs minus 2000',
-});
+const checked = schema
+  .refine((o) => o.busyTimeoutMs + 2000 < o.lockDurationMs, {
+    path: ['busyTimeoutMs'],
+    message: 'must be less than lockDurationMs minus 2000',
+  })
+  // An open dashboard shows people's data and adds, retries and removes jobs for whoever reaches
+  // it: on an address other machines reach, that is a mistake to refuse, not a choice to serve.
+  .refine((o) => !o.http?.dashboard || o.http.dashboard.auth || isLoopback(o.http.host), {
+    path: ['http', 'dashboard', 'auth'],
+    message:
+      'must be set (USEROPS_DASHBOARD_USER and USEROPS_DASHBOARD_PASSWORD) unless the HTTP server listens on a loopback address ' +
+      '(USEROPS_HTTP_HOST=127.0.0.1): without it, anyone who reaches the port could read job data and add or remove jobs',
+  });
 
 /** Options after defaults and validation. */
 export type ResolvedConsumerOptions = z.output<typeof schema>;
