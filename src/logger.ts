@@ -24,7 +24,8 @@ export function createLogger(level: LogLevel, destination?: DestinationStream): 
   const options = {
     name: 'userops',
     level,
-    redact: { paths: ['password', '*.password', 'redisOptions.password'], censor: '***' },
+    // ioredis' reply errors carry the command they answer: AUTH's args are the password.
+    redact: { paths: ['password', '*.password', 'redisOptions.password', 'err.command.args', 'err.cause.command.args'], censor: '***' },
   };
   return destination ? pino(options, destination) : pino(options);
 }

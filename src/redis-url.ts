@@ -75,6 +75,12 @@ export function parseRedisUrl(url: string): RedisTarget | string {
   if (scheme === undefined || !SCHEMES.includes(scheme)) {
     return 'expected the scheme redis:// or rediss:// (or redis+cluster://, redis+sentinel://)';
   }
+  // An @ past the authority: a user or password holding /, ? or #, which would otherwise be read,
+  // and echoed in a message, as a host or a path.
+  const afterScheme = url.slice(scheme.length + 3);
+  if (afterScheme.includes('@') && !(afterScheme.split(/[/?#]/, 1)[0] ?? '').includes('@')) {
+    return 'a user or password holds an unencoded /, ? or # (or an @ is not percent-encoded): percent-encode them (%2F, %3F, %23, %40)';
+  }
   const m = FORM.exec(url);
   if (!m) return USAGE;
   const [, base, kind, userinfo, hostList = '', path = '', query = ''] = m;
@@ -121,16 +127,17 @@ export function redactUrl(url: string): string {
   if (schemeEnd < 0) return '<unparseable Redis URL>';
   const head = url.slice(0, schemeEnd + 3);
   let rest = url.slice(schemeEnd + 3);
-  // The userinfo ends at the last @ before the path or query (a password may hold an encoded @).
-  const authorityEnd = rest.search(/[/?#]/);
-  const authority = authorityEnd < 0 ? rest : rest.slice(0, authorityEnd);
-  const at = authority.lastIndexOf('@');
+  // The userinfo ends at the last @. Not only in the authority: a password with an unencoded /, ?
+  // or # (base64 ones hold /) would end it early and show the rest. An @ in a query value makes
+  // this hide more than the password, which is the safe side.
+  const at = rest.lastIndexOf('@');
   if (at >= 0) {
-    const userinfo = authority.slice(0, at);
+    const userinfo = rest.slice(0, at);
     const colon = userinfo.indexOf(':');
     if (colon >= 0) rest = `${userinfo.slice(0, colon)}:***${rest.slice(at)}`;
   }
-  return head + rest.replace(/([?&]sentinelPassword=)[^&#]*/g, '$1***');
+  // ioredis also reads a password from the query (?password=).
+  return head + rest.replace(/([?&](?:sentinelPassword|password)=)[^&#]*/gi, '$1***');
 }
 
 /**

@@ -42,6 +42,16 @@ function isNoSuchDatabase(err: Error): boolean {
 }
 
 /**
+ * Blanks the arguments of the command an ioredis reply error answers when that command carries
+ * credentials (AUTH, HELLO ... AUTH): a failed login's error holds the password it tried, and it
+ * travels on as the cause of the errors callers get, into their logs as well as ours.
+ */
+export function hideCredentials(err: unknown): void {
+  const command = (err as { command?: { name?: unknown; args?: unknown } } | null)?.command;
+  if (typeof command?.name === 'string' && /^(auth|hello)$/i.test(command.name)) command.args = ['***'];
+}
+
+/**
  * Whether Redis refused a command because it is over its `maxmemory` (policy `noeviction`, which
  * BullMQ requires). A refusal, not a partial write: Redis refuses a script only at its first
  * write that needs memory, and BullMQ's add script writes nothing before its first such write.
@@ -149,6 +159,7 @@ export class RedisConnections {
       // A command refused while not connected is a consequence, not a cause: a host that never
       // answers would otherwise be reported as "Stream isn't writeable" instead of a timeout.
       if (isOfflineRefusal(err)) return;
+      hideCredentials(err);
       this.lastErrors.set(client, err);
       if (isNoSuchDatabase(err)) {
         // Reported before the connection is ready, so nothing has run in database 0 yet.

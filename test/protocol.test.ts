@@ -214,8 +214,11 @@ describe('options and environment', () => {
       'rediss+sentinel://u:***@s1,s2:26380/main/1?sentinelUsername=s&sentinelPassword=***',
     );
     assert.equal(redactUrl('redis://u:p%40ss@host'), 'redis://u:***@host');
-    // A bad URL is shown in the error that names it, without its password.
-    for (const url of ['redis://:s3cret@host:99999', 'http://u:s3cret@host', 'u:s3cret@host:6379']) {
+    // ioredis reads a password from the query too.
+    assert.equal(redactUrl('redis://host:6379/0?password=s3cret&family=6'), 'redis://host:6379/0?password=***&family=6');
+    // A bad URL is shown in the error that names it, without its password, also when the password
+    // holds a character that ends the userinfo early (base64 passwords hold /).
+    for (const url of ['redis://:s3cret@host:99999', 'http://u:s3cret@host', 'u:s3cret@host:6379', 'redis://u:ab/s3cret==@host', 'redis://:s3c#ret@host', 'redis+cluster://u:s3c/ret@h1,h2']) {
       assert.throws(() => clientConfig({ REDIS_URL: url }), (err: Error) => /REDIS_URL: .*\(got "[^"]*\*\*\*/.test(err.message) && !err.message.includes('s3cret'), url);
     }
   });
