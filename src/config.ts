@@ -40,12 +40,14 @@ export const ENV_HELP: Record<string, string> = {
 // Unset and empty mean the same: `FOO= userops ...` should not be an error.
 const unsetIfEmpty = (v: unknown) => (v === '' ? undefined : v);
 const optional = <T extends z.ZodType>(schema: T) => z.preprocess(unsetIfEmpty, schema.optional());
+// Decimal digits only: Number() would read " " as 0 (USEROPS_HTTP_PORT=" " turned the server
+// off), and 0x2328 or 1e3 are not what anyone means in a port or a timeout.
 const integer = (min: number, max: number) =>
-  z.coerce
-    .number({ error: 'must be a number' })
-    .int('must be a whole number')
-    .min(min, `must be at least ${min}`)
-    .max(max, `must be at most ${max}`);
+  z
+    .string()
+    .regex(/^-?\d+$/, 'must be a whole number in decimal digits')
+    .transform(Number)
+    .pipe(z.number().min(min, `must be at least ${min}`).max(max, `must be at most ${max}`));
 
 const flag = z
   .enum(['1', 'true', 'yes', 'on', '0', 'false', 'no', 'off'], { error: 'must be 1 or 0 (or true/false, yes/no, on/off)' })

@@ -146,7 +146,7 @@ describe('userops CLI', () => {
   it('refuses bad configuration at start with the variable named', async () => {
     const proc = spawnConsumer({ ...env, USEROPS_MAX_OPS_PER_JOB: 'many' });
     assert.equal(await proc.exited, 2);
-    assert.ok(proc.lines.some((l) => /USEROPS_MAX_OPS_PER_JOB: must be a number \(got "many"\)/.test(l)), proc.lines.join('\n'));
+    assert.ok(proc.lines.some((l) => /USEROPS_MAX_OPS_PER_JOB: must be a whole number in decimal digits \(got "many"\)/.test(l)), proc.lines.join('\n'));
   });
 
   it('drains on SIGTERM under load, exits 0, and a restarted daemon finishes the rest', async () => {

@@ -58,7 +58,9 @@ describe('HTTP configuration', () => {
   });
 
   it('refuses bad values, naming the variable, the expected form and the value got', () => {
-    assert.match(configError({ USEROPS_HTTP_PORT: 'http' }).message, /USEROPS_HTTP_PORT: must be a number \(got "http"\)/);
+    assert.match(configError({ USEROPS_HTTP_PORT: 'http' }).message, /USEROPS_HTTP_PORT: must be a whole number in decimal digits \(got "http"\)/);
+    // Number() reads these as 0, 9000 and 1000: a blank port turned the server off without a word.
+    for (const port of [' ', '0x2328', '1e3', '80.0']) assert.match(configError({ USEROPS_HTTP_PORT: port }).message, /USEROPS_HTTP_PORT: must be a whole number in decimal digits/, port);
     assert.match(configError({ USEROPS_HTTP_PORT: '70000' }).message, /USEROPS_HTTP_PORT: must be at most 65535 \(got "70000"\)/);
     assert.match(configError({ USEROPS_HTTP_PORT: '-1' }).message, /USEROPS_HTTP_PORT: must be at least 0 \(got "-1"\)/);
     assert.match(configError({ USEROPS_HTTP_HOST: 'my host' }).message, /USEROPS_HTTP_HOST: must be an IP address or host name.* \(got "my host"\)/);

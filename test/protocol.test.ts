@@ -193,7 +193,7 @@ describe('options and environment', () => {
   it('reads the environment once, naming the bad variable', () => {
     assert.throws(() => consumerConfig({ LOG_LEVEL: 'loud' }), /Invalid environment: LOG_LEVEL: must be one of fatal.* \(got "loud"\)/);
     assert.throws(() => consumerConfig({ REDIS_URL: 'localhost:6379' }), /REDIS_URL: expected the scheme/);
-    assert.throws(() => clientConfig({ USEROPS_TIMEOUT_MS: 'soon' }), /USEROPS_TIMEOUT_MS: must be a number/);
+    assert.throws(() => clientConfig({ USEROPS_TIMEOUT_MS: 'soon' }), /USEROPS_TIMEOUT_MS: must be a whole number in decimal digits/);
     assert.throws(() => consumerConfig({ USEROPS_QUEUE: 'bad name' }), /USEROPS_QUEUE: must be 1-64 characters/);
     // Cross-checks too, whichever command reads the environment.
     assert.throws(() => clientConfig({ USEROPS_DASHBOARD_USER: 'u' }), /USEROPS_DASHBOARD_PASSWORD: must be set when USEROPS_DASHBOARD_USER is/);
