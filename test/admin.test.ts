@@ -156,6 +156,22 @@ describe('userops failed and retry', () => {
     assert.equal(await queue.getFailedCount(), 2);
   });
 
+  it('prints control characters in what others wrote (job ids, reasons) as escapes, never raw to the terminal', async () => {
+    await startConsumer(s.t, consumerOptions);
+    const queue = plainQueue(s.t, s.redis.url, s.queue);
+    // Clears the screen, sets the title and prints a fake all-clear, if printed raw.
+    const hostile = 'x\u001b]0;PWNED\u0007\u001b[2J\u001b[Hno failed jobs\u001b[8m';
+    await queue.add('batch', { v: 1, ops: [] }, { jobId: hostile });
+    await untilState(queue, hostile, 'failed');
+    const table = await runCli(['failed'], env);
+    assert.equal(table.code, 0, table.stderr);
+    assert.doesNotMatch(table.stdout, /[\u0000-\u0008\u000b-\u001f\u007f]/, 'no control character reaches the terminal');
+    assert.ok(table.stdout.includes('x\\x1b]0;PWNED\\x07\\x1b[2J\\x1b[Hno failed jobs\\x1b[8m'), table.stdout);
+    // --json is for scripts: the id comes back exactly, JSON-escaped.
+    const json = await runCli(['failed', '--json'], env);
+    assert.equal((JSON.parse(json.stdout) as { id: string }[])[0]?.id, hostile);
+  });
+
   it('says which job ids are unknown or not failed, and checks its arguments', async () => {
     await startConsumer(s.t, consumerOptions);
     const client = newClient(s.t, { redisUrl: s.redis.url, queue: s.queue });
