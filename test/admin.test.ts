@@ -6,7 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { copyFileSync, existsSync, mkdirSync, readdirSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeEach, describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -266,6 +266,7 @@ describe('userops backup', () => {
 
     assert.equal(summary.path, file);
     assert.equal(summary.integrity, 'ok');
+    assert.equal(statSync(file).mode & 0o777, 0o600, 'it holds every user: readable by its owner only, whatever the umask');
     assert.ok(summary.users > 300 && summary.users < total, `${summary.users} of ${total}: taken while clients wrote`);
     const copy = new Store(file);
     try {

@@ -3,7 +3,8 @@
  * consumer with SQLite's online backup API from a read-only connection, checked with
  * `PRAGMA integrity_check` before it takes the file's name.
  */
-import { existsSync, linkSync, realpathSync, renameSync, rmSync, statSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { closeSync, existsSync, linkSync, openSync, realpathSync, renameSync, rmSync, statSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 
 import { SingleBar } from 'cli-progress';
@@ -103,9 +104,17 @@ export async function backupDatabase(dbPath: string, file: string, options: Back
   if (!existsSync(dirname(dest))) throw fileArgumentError(`folder ${dirname(dest)} does not exist`);
 
   const source = openSource(dbPath);
-  // Written beside the target, so the final rename stays on one filesystem.
-  const partial = `${dest}.partial-${process.pid}`;
-  removeDatabaseFiles(partial);
+  // Written beside the target, so the final rename stays on one filesystem. Under a name nobody
+  // can guess, created here, new (O_EXCL: never through a link someone planted) and readable by
+  // its owner only: it holds every user. With the pid as its name, another user who could write
+  // the folder had root's backup follow a symlink of theirs to any file.
+  const partial = `${dest}.partial-${randomBytes(8).toString('hex')}`;
+  try {
+    closeSync(openSync(partial, 'wx', 0o600));
+  } catch (err) {
+    source.close();
+    throw err;
+  }
   const bar = progressBar(options.progressTo);
   try {
     const large = statSync(dbPath).size >= PROGRESS_MIN_BYTES && options.progressTo?.isTTY === true;
